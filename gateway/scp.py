@@ -1,0 +1,168 @@
+"""The Storage SCP: accepts instances and makes them durable before answering.
+
+Handlers follow pynetdicom's event-handler shape: plain functions bound with
+``(event, handler, [spool])``. The C-STORE handler never talks to the broker;
+series are handed over when the sealer finds them complete.
+
+Status codes (PS3.4 Annex B.2.3 and pynetdicom's ``doc_handle_store``):
+``0x0000`` stored (or already stored), ``0xA700`` out of resources (spool not
+writable), ``0xA900`` data set does not match the SOP class (required UIDs or
+pixel data missing), ``0xC210`` cannot understand (undecodable data set).
+"""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import sop_class as sc
+from pynetdicom.events import Event
+
+from pediface.logs import get_logger
+from pediface.settings import DicomSettings
+from pediface.spool import Spool, SpoolError, is_valid_uid, series_key
+
+log = get_logger("pediface.gateway.scp")
+
+#: The storage SOP classes pediface accepts; anything else is refused at association time.
+ACCEPTED_SOP_CLASSES: tuple[UID, ...] = (
+    sc.MRImageStorage,
+    sc.EnhancedMRImageStorage,
+    sc.EnhancedMRColorImageStorage,
+    sc.LegacyConvertedEnhancedMRImageStorage,
+    sc.CTImageStorage,
+    sc.EnhancedCTImageStorage,
+    sc.LegacyConvertedEnhancedCTImageStorage,
+    sc.SecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    sc.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
+)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+
+
+class RejectedInstance(Exception):
+    """An instance the gateway will not spool, with the status to answer and the reason."""
+
+    def __init__(self, status: int, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.code, self.reason = status, code, reason
+
+
+def build_ae(settings: DicomSettings) -> AE:
+    """An AE that accepts C-ECHO and C-STORE of :data:`ACCEPTED_SOP_CLASSES` in every transfer syntax."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.require_called_aet = settings.require_called_ae_title
+    ae.maximum_pdu_size = settings.max_pdu_bytes
+    ae.maximum_associations = settings.max_associations
+    ae.network_timeout = settings.network_timeout_s
+    ae.add_supported_context(sc.Verification)
+    for sop_class in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def check_instance(ds: Dataset, transfer_syntax: UID, affected_sop_uid: str | None) -> tuple[str, str, str]:
+    """``(study, series, sop)`` UIDs of an instance worth spooling, or :class:`RejectedInstance`.
+
+    Only what the spool and the sealer need is checked here, cheaply; the worker
+    checks everything else and quarantines what it cannot process.
+    """
+    uids = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        value = ds.get(keyword)
+        if not is_valid_uid(value):
+            shown = "missing" if value in (None, "") else "not a valid UID"
+            raise RejectedInstance(DATASET_DOES_NOT_MATCH, "input.uid", f"{keyword} is {shown}")
+        uids.append(str(value))
+    if affected_sop_uid and uids[2] != affected_sop_uid:
+        raise RejectedInstance(
+            DATASET_DOES_NOT_MATCH,
+            "input.uid",
+            "SOPInstanceUID in the data set differs from the C-STORE request's Affected SOP Instance UID",
+        )
+    if "PixelData" not in ds:
+        raise RejectedInstance(DATASET_DOES_NOT_MATCH, "input.no_pixels", "the image has no Pixel Data")
+    _check_native_pixel_length(ds, transfer_syntax)
+    return uids[0], uids[1], uids[2]
+
+
+def _check_native_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
+    """Uncompressed Pixel Data must hold Rows x Columns x Samples x Frames values (PS3.5 8.1.1)."""
+    if transfer_syntax.is_compressed:
+        return
+    try:
+        expected_bits = (
+            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
+            * int(ds.get("NumberOfFrames") or 1) * int(ds.BitsAllocated)
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise RejectedInstance(
+            DATASET_DOES_NOT_MATCH, "input.image_pixel", "Rows, Columns or Bits Allocated missing or invalid"
+        ) from exc
+    actual = len(ds.PixelData)
+    if actual < (expected_bits + 7) // 8:
+        raise RejectedInstance(
+            DATASET_DOES_NOT_MATCH,
+            "input.pixels_truncated",
+            f"Pixel Data holds {actual} bytes, {(expected_bits + 7) // 8} expected from the image attributes",
+        )
+
+
+def handle_echo(event: Event) -> int:
+    log.info("c_echo", calling_ae=event.assoc.requestor.ae_title, peer=event.assoc.requestor.address)
+    return SUCCESS
+
+
+def handle_store(event: Event, spool: Spool) -> int:
+    """Spool one instance durably, then answer; never raise into pynetdicom."""
+    calling_ae = event.assoc.requestor.ae_title
+    try:
+        data = event.encoded_dataset(include_meta=True)
+    except Exception as exc:  # noqa: BLE001 - pynetdicom could not even re-encode the bytes
+        log.error("c_store_unreadable", calling_ae=calling_ae, error=str(exc))
+        return CANNOT_UNDERSTAND
+    try:
+        try:
+            ds = event.dataset
+            # Force the lazy parser over the elements we need; a corrupt stream fails here.
+            study_uid, series_uid, sop_uid = check_instance(
+                ds, event.context.transfer_syntax, event.request.AffectedSOPInstanceUID
+            )
+        except RejectedInstance:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means we cannot understand it
+            raise RejectedInstance(
+                CANNOT_UNDERSTAND, "input.undecodable", f"the data set cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
+    except RejectedInstance as rejected:
+        try:
+            manifest = spool.quarantine_rejected(data, calling_ae, rejected.reason, rejected.code)
+        except OSError as exc:
+            log.error("c_store_reject_not_kept", calling_ae=calling_ae, reason=rejected.reason, error=str(exc))
+        else:
+            log.warning(
+                "c_store_rejected",
+                calling_ae=calling_ae,
+                status=f"0x{rejected.status:04X}",
+                reason=rejected.reason,
+                quarantine=manifest.job_id,
+            )
+        return rejected.status
+    key = series_key(calling_ae, study_uid, series_uid)
+    try:
+        stored = spool.store_instance(key, calling_ae, sop_uid, data)
+    except SpoolError as exc:
+        log.error("c_store_spool_failed", calling_ae=calling_ae, series=key, error=str(exc))
+        return OUT_OF_RESOURCES
+    log.debug("c_store", calling_ae=calling_ae, series=key, duplicate=not stored, bytes=len(data))
+    return SUCCESS
+
+
+def handlers(spool: Spool) -> list:
+    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [spool])]

@@ -1,0 +1,124 @@
+"""The gateway process: the SCP plus the sealer that hands complete series to the workers.
+
+State lives in the spool, so a restarted gateway resumes where it stopped: open
+series keep waiting for their quiet period, and sealed jobs the broker never got
+are dispatched again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pydicom.config
+from celery import Celery
+
+from gateway.scp import build_ae, handlers
+from pediface.broker import dispatch, make_app
+from pediface.logs import get_logger
+from pediface.settings import Settings
+from pediface.spool import JobManifest, JobState, Spool
+
+log = get_logger("pediface.gateway")
+
+
+class Sealer:
+    """Finds series that went quiet, seals them into jobs and dispatches one task per job."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        quiet_period_s: float,
+        send: Callable[[str], None],
+    ) -> None:
+        self.spool = spool
+        self.quiet_period_s = quiet_period_s
+        self.send = send
+
+    def run_once(self) -> list[str]:
+        """One pass; returns the ids of the jobs dispatched."""
+        for key, age in self.spool.open_series():
+            if age >= self.quiet_period_s:
+                manifest = self.spool.seal(key, self.quiet_period_s)
+                if manifest is not None:
+                    log.info("series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances)
+        dispatched = []
+        for manifest in self.spool.manifests(self.spool.jobs):
+            if manifest.state == JobState.sealed and self._dispatch(manifest):
+                dispatched.append(manifest.job_id)
+        return dispatched
+
+    def recover(self, redispatch_inflight: bool) -> None:
+        """At start-up: dispatch again jobs whose task may be lost.
+
+        With a broker that keeps unacknowledged tasks (Redis, acks_late) only sealed
+        jobs need it; the embedded folder broker deletes a message when a worker takes
+        it, so in-flight jobs are dispatched again too (the task is idempotent).
+        """
+        for manifest in self.spool.manifests(self.spool.jobs):
+            if manifest.state in (JobState.dispatched, JobState.processing) and redispatch_inflight:
+                log.warning("job_redispatched", job=manifest.job_id, state=manifest.state.value)
+                self._dispatch(manifest)
+
+    def _dispatch(self, manifest: JobManifest) -> bool:
+        try:
+            self.send(manifest.job_id)
+        except Exception as exc:  # noqa: BLE001 - broker down: keep the job sealed and try next pass
+            log.error("dispatch_failed", job=manifest.job_id, error=str(exc))
+            return False
+        self.spool.save(manifest.to(JobState.dispatched))
+        log.info("job_dispatched", job=manifest.job_id)
+        return True
+
+
+class Gateway:
+    """SCP + sealer thread; ``start()`` returns at once, ``stop()`` shuts both down."""
+
+    def __init__(self, settings: Settings, celery_app: Celery | None = None) -> None:
+        self.settings = settings
+        self.spool = Spool(settings.data_dir)
+        self.celery = celery_app or make_app(settings, "pediface-gateway")
+        self.sealer = Sealer(self.spool, settings.series.quiet_period_s, lambda job: dispatch(self.celery, job))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server = None
+
+    def start(self) -> None:
+        dicom = self.settings.dicom
+        # The SCP checks what it relies on itself (check_instance) and quarantines the rest;
+        # pydicom's per-value warnings would only repeat that in the log.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        self.sealer.recover(redispatch_inflight=self.settings.embedded_broker)
+        ae = build_ae(dicom)
+        self._server = ae.start_server(
+            (dicom.host, dicom.port), block=False, evt_handlers=handlers(self.spool)
+        )
+        self._thread = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)
+        self._thread.start()
+        log.info(
+            "gateway_listening",
+            ae_title=dicom.ae_title,
+            host=dicom.host,
+            port=dicom.port,
+            spool=str(self.spool.root),
+            broker="embedded" if self.settings.embedded_broker else "external",
+        )
+
+    def _seal_loop(self) -> None:
+        while not self._stop.wait(self.settings.series.poll_interval_s):
+            try:
+                self.sealer.run_once()
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad pass
+                log.exception("sealer_pass_failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        log.info("gateway_stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler)."""
+        self._stop.wait()

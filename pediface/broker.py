@@ -1,0 +1,66 @@
+"""The one place that knows how pediface talks to Celery.
+
+The gateway is a producer only: it sends tasks *by name* and never imports the
+worker's code (nor torch). Both sides build their Celery configuration here so
+they always agree on broker, queue and serialisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from pediface.settings import Settings
+
+PROCESS_SERIES = "pediface.process_series"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for producer and workers."""
+    config: dict[str, Any] = {
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_default_queue": settings.worker.queue,
+        "task_routes": {PROCESS_SERIES: {"queue": settings.worker.queue}},
+        # A series takes minutes: take one at a time and acknowledge it only when done,
+        # so that a worker that dies hands its series to another worker.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "broker_connection_retry_on_startup": True,
+    }
+    if settings.embedded_broker:
+        folder = settings.data_dir / "broker"
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        config.update(
+            broker_url="filesystem://",
+            broker_transport_options={
+                "data_folder_in": str(folder / "queue"),
+                "data_folder_out": str(folder / "queue"),
+                "control_folder": str(folder / "control"),
+                "store_processed": False,
+            },
+            # The folder transport has no broadcast channel for remote control.
+            worker_enable_remote_control=False,
+        )
+    else:
+        config.update(
+            broker_url=settings.broker.url,
+            broker_transport_options={"visibility_timeout": settings.broker.visibility_timeout_s},
+        )
+    return config
+
+
+def make_app(settings: Settings, name: str = "pediface") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def dispatch(app: Celery, job_id: str) -> None:
+    """Queue the processing of one sealed job. The argument is an opaque id: no PHI on the broker."""
+    app.send_task(PROCESS_SERIES, args=[job_id])

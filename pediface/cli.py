@@ -1,0 +1,279 @@
+"""The ``pediface`` command.
+
+Each subcommand builds the settings once (``--config`` file, then ``PEDIFACE_*``
+environment variables) and passes them down. Heavy modules are imported inside
+the subcommands that need them, so ``pediface gateway`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pediface import __version__
+from pediface.logs import configure as configure_logging
+from pediface.logs import get_logger
+from pediface.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="pediface",
+    help=(
+        "Remove faces and ears from head MRI and de-identify the headers, between PACS and a research "
+        "archive.\n\n"
+        "A DICOM Storage SCP (pediface gateway) spools what PACS or scanners send; when a series has been "
+        "quiet for series.quiet_period_s it is handed to Celery workers (pediface worker) that build a "
+        "volume, compute a face mask, blank it in the original pixel data, de-identify the headers "
+        "(DICOM PS3.15 Annex E) and send the derived series to the destination. What cannot be processed "
+        "goes to quarantine with a reason (pediface quarantine).\n\n"
+        "Settings: --config FILE (YAML, see config/pediface.yaml for every option and its default), then "
+        "environment variables PEDIFACE_<SECTION>__<OPTION>, e.g. PEDIFACE_DICOM__PORT=104."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+quarantine_app = typer.Typer(help="List, inspect and retry series that were not delivered.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML settings file (default: $PEDIFACE_CONFIG, else built-in defaults)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError: show it, no traceback
+        typer.echo(f"pediface: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pediface {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """pediface: a defacing, de-identifying DICOM gateway."""
+
+
+@app.command()
+def gateway(config: ConfigOption = None) -> None:
+    """Run the DICOM Storage SCP and the series sealer (no worker).
+
+    Accepts C-ECHO and C-STORE (MR, enhanced MR, CT, secondary capture; every common transfer syntax) on
+    dicom.host:dicom.port as dicom.ae_title. Each instance is fsynced into the spool before Success is
+    answered. A series quiet for series.quiet_period_s becomes a job, dispatched by name to the workers
+    through broker.url. Stops cleanly on SIGINT/SIGTERM.
+    """
+    from gateway.server import Gateway
+
+    settings = _settings(config)
+    gw = Gateway(settings)
+    gw.start()
+    _wait_for_signal()
+    gw.stop()
+
+
+@app.command()
+def worker(config: ConfigOption = None) -> None:
+    """Run a Celery worker that defaces, de-identifies and delivers series.
+
+    Takes one job at a time per process (worker.concurrency processes) and acknowledges it only when it
+    is delivered or quarantined, so a worker that dies hands its series to another. With broker.url set
+    (redis://...) start as many workers on as many machines as needed; they must share data_dir.
+    """
+    settings = _settings(config)
+    from worker.app import configure
+
+    celery_app = configure(settings)
+    argv = [
+        "worker",
+        f"--concurrency={settings.worker.concurrency}",
+        f"--queues={settings.worker.queue}",
+        f"--loglevel={settings.log_level}",
+        "--hostname=pediface@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def run(config: ConfigOption = None) -> None:
+    """Run gateway and worker together on this machine (the embedded default).
+
+    With no broker.url this needs no Redis: the broker is a folder under data_dir. The worker runs as a
+    child process, so the gateway stays light and a crashing series cannot take the SCP down.
+    """
+    from gateway.server import Gateway
+
+    settings = _settings(config)
+    with _worker_process():
+        gw = Gateway(settings)
+        gw.start()
+        _wait_for_signal()
+        gw.stop()
+
+
+@app.command()
+def deface(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A NIfTI file or a folder of DICOM files.")],
+    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output folder (created).")],
+    config: ConfigOption = None,
+    qc: Annotated[bool, typer.Option(help="Also write a before/after picture, qc.png.")] = True,
+) -> None:
+    """Deface one image on this machine, without the network.
+
+    NIfTI in: writes <name>_defaced.nii.gz and <name>_face_mask.nii.gz (the interface of the paper's tool).
+    DICOM folder in (one series): writes the defaced, de-identified series as <SOPInstanceUID>.dcm and the
+    mask as face_mask.nii.gz. Exit status 1 with the reason when the input cannot be defaced safely.
+    """
+    from pediface.errors import PedifaceError
+    from worker.offline import deface_path
+
+    settings = _settings(config)
+    try:
+        written = deface_path(input_path, output, settings, qc=qc)
+    except PedifaceError as exc:
+        typer.echo(f"pediface: {input_path} not defaced: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"pediface: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for path in written:
+        typer.echo(str(path))
+
+
+@app.command()
+def demo(
+    config: ConfigOption = None,
+    timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+) -> None:
+    """Send a real head MRI through an embedded gateway and worker, and show the result.
+
+    Uses the UIH 3D T1 from ../shared/data/dicom when present, else a small series made from the shipped
+    template head. Prints where the defaced series and a before/after picture were written.
+    """
+    from pediface.demo import run_demo
+
+    settings = _settings(config)
+    code = run_demo(settings, _worker_process, timeout_s)
+    raise typer.Exit(code)
+
+
+@quarantine_app.command("list")
+def quarantine_list(config: ConfigOption = None) -> None:
+    """One line per quarantined job: id, when, reason code, instances, reason."""
+    from pediface.spool import Spool
+
+    settings = _settings(config)
+    spool = Spool(settings.data_dir)
+    rows = list(spool.manifests(spool.quarantine_dir))
+    if not rows:
+        typer.echo("quarantine is empty")
+    for m in rows:
+        when = m.history[-1].at.strftime("%Y-%m-%d %H:%M:%S") if m.history else ""
+        typer.echo(f"{m.job_id}  {when}  {m.reason_code or '-':<22} {m.n_instances:>5}  {m.reason}")
+
+
+@quarantine_app.command("show")
+def quarantine_show(job_id: str, config: ConfigOption = None) -> None:
+    """Print a quarantined job's manifest (state history, attempts, reason) as JSON."""
+    from pediface.spool import Spool
+
+    settings = _settings(config)
+    try:
+        typer.echo(Spool(settings.data_dir).load(job_id).model_dump_json(indent=2))
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"pediface: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(job_id: str, config: ConfigOption = None) -> None:
+    """Move a quarantined job back to the queue (after fixing its cause) and dispatch it."""
+    from pediface.broker import dispatch, make_app
+    from pediface.spool import JobState, Spool
+
+    settings = _settings(config)
+    spool = Spool(settings.data_dir)
+    try:
+        manifest = spool.retry(job_id)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"pediface: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    # If the broker is down the job stays sealed and the gateway dispatches it on its next pass.
+    try:
+        dispatch(make_app(settings, "pediface-cli"), job_id)
+        spool.save(manifest.to(JobState.dispatched, "retry dispatched"))
+        typer.echo(f"{job_id} dispatched")
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"{job_id} queued; the gateway will dispatch it ({exc})")
+
+
+@app.command("config")
+def show_config(
+    config: ConfigOption = None,
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="Print every option with its default and description instead.")
+    ] = False,
+) -> None:
+    """Print the effective settings as YAML (secrets masked)."""
+    import yaml
+
+    from pediface.settings import documented_yaml
+
+    if defaults:
+        typer.echo(documented_yaml(), nl=False)
+        return
+    settings = _settings(config)
+    typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+
+
+def _wait_for_signal() -> None:
+    stop = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop:
+        time.sleep(0.2)
+
+
+class _worker_process:
+    """Context manager: a ``pediface worker`` child process with this process's settings."""
+
+    def __enter__(self) -> subprocess.Popen:
+        self.proc = subprocess.Popen([sys.executable, "-m", "pediface", "worker"])
+        return self.proc
+
+    def __exit__(self, *exc: object) -> None:
+        log = get_logger("pediface")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                log.warning("worker_killed")
+                self.proc.kill()
+                self.proc.wait()
+

@@ -1,0 +1,117 @@
+"""``pediface demo``: one real series through an embedded gateway and a worker process.
+
+This process runs the gateway (the worker, which loads the masker, is a child
+process), sends the series with C-STORE over loopback like a PACS would, waits
+for the job to be delivered or quarantined, and says where everything went.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from pediface.logs import get_logger
+from pediface.settings import DestinationKind, DestinationSettings, Settings
+from pediface.spool import JobManifest, JobState, Spool
+
+log = get_logger("pediface.demo")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_UIH = REPO_ROOT.parent / "shared" / "data" / "dicom" / "dcm_qa_uih" / "uih_t1_gre_fsp_3d_sag"
+TEMPLATE_HEAD = REPO_ROOT / "models" / "template-pydeface" / "pydeface_mean_reg2mean.nii.gz"
+DEMO_AE = "PEDIFACE-DEMO"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def demo_input(work: Path) -> tuple[str, list[Path]]:
+    """The series to send: the shared UIH head if present, else a sample made from the template."""
+    if SHARED_UIH.is_dir():
+        return "UIH uMR770 3D T1 (../shared/data/dicom)", sorted(SHARED_UIH.glob("*.dcm"))
+    from worker.sample import write_sample_series
+
+    sample = work / "sample-series"
+    shutil.rmtree(sample, ignore_errors=True)
+    return "sample made from the shipped template head", write_sample_series(TEMPLATE_HEAD, sample)
+
+
+def wait_for_job(spool: Spool, calling_ae: str, since: float, timeout_s: float) -> JobManifest | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for stage in (spool.done, spool.quarantine_dir):
+            for manifest in spool.manifests(stage):
+                if manifest.calling_ae == calling_ae and manifest.created_at.timestamp() >= since:
+                    return manifest
+        time.sleep(0.5)
+    return None
+
+
+def run_demo(
+    settings: Settings, worker_process: Callable[[], AbstractContextManager], timeout_s: float
+) -> int:
+    """Run the demo; returns the exit status (0 when the series was delivered)."""
+    from gateway.server import Gateway
+    from worker.delivery import deliver
+
+    work = settings.data_dir / "demo"
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    gw_settings = settings.model_copy(
+        update={
+            "dicom": settings.dicom.model_copy(update={"host": "127.0.0.1", "port": port}),
+            "series": settings.series.model_copy(update={"quiet_period_s": 3.0}),
+        }
+    )
+    what, files = demo_input(work)
+    print(f"pediface demo: sending {len(files)} instances ({what}) to {settings.dicom.ae_title}@127.0.0.1:{port}")
+    started = time.time()
+    with worker_process():
+        gateway = Gateway(gw_settings)
+        gateway.start()
+        try:
+            scu = DestinationSettings(
+                kind=DestinationKind.dicom,
+                ae_title=settings.dicom.ae_title,
+                host="127.0.0.1",
+                port=port,
+                calling_ae_title=DEMO_AE,
+            )
+            deliver(files, scu, settings.archive_folder)
+            sent_s = time.time() - started
+            manifest = wait_for_job(Spool(settings.data_dir), DEMO_AE, started - 1, timeout_s)
+        finally:
+            gateway.stop()
+    total_s = time.time() - started
+    if manifest is None:
+        print(f"pediface demo: no result after {timeout_s:.0f} s; see the worker log above")
+        return 1
+    job_dir = Spool(settings.data_dir).job_dir(manifest.job_id)
+    if manifest.state != JobState.sent:
+        print(f"pediface demo: the series was quarantined: {manifest.reason}\n  {job_dir}")
+        return 1
+    picture = work / "before_after.png"
+    if (job_dir / "qc.png").is_file():
+        shutil.copyfile(job_dir / "qc.png", picture)
+    series_dir = _archived_series(settings, manifest)
+    print(
+        f"pediface demo: done in {total_s:.1f} s (C-STORE {sent_s:.1f} s)\n"
+        f"  defaced, de-identified series ({manifest.n_sent} instances): {series_dir}\n"
+        f"  before/after picture: {picture}\n"
+        f"  job record: {job_dir / 'job.json'}"
+    )
+    return 0
+
+
+def _archived_series(settings: Settings, manifest: JobManifest) -> Path | str:
+    if settings.destination.kind != DestinationKind.folder or not manifest.output_series_uid:
+        return f"{settings.destination.ae_title}@{settings.destination.host}:{settings.destination.port}"
+    matches = list(settings.archive_folder.glob(f"*/{manifest.output_series_uid}"))
+    return matches[0] if matches else settings.archive_folder

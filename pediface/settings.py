@@ -1,0 +1,329 @@
+"""One typed settings object, read from a YAML file and the environment.
+
+Sources, highest priority first: keyword arguments (tests, the CLI's flags),
+environment variables (``PEDIFACE_`` prefix, ``__`` between nested names, e.g.
+``PEDIFACE_DICOM__PORT=11112``), the YAML file named by ``--config`` or
+``PEDIFACE_CONFIG``, then the defaults below. ``config/pediface.yaml`` lists every
+option with its default and is checked against this module by the tests.
+
+Nothing reads settings at import time: each entry point builds them once and
+passes them down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV = "PEDIFACE_CONFIG"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return value.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomSettings(_Section):
+    """The Storage SCP that PACS and scanners send to."""
+
+    ae_title: str = Field("PEDIFACE", description="Called AE title the SCP answers to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to listen on. 0.0.0.0 / :: to accept other machines (then restrict peers).",
+    )
+    port: int = Field(11112, ge=1, le=65535, description="TCP port of the SCP.")
+    require_called_ae_title: bool = Field(
+        True, description="Reject associations whose called AE title is not ae_title."
+    )
+    max_pdu_bytes: int = Field(
+        65536, ge=0, description="Largest PDU the SCP accepts (0 = unlimited)."
+    )
+    max_associations: int = Field(10, ge=1, description="Concurrent associations accepted.")
+    network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class SeriesSettings(_Section):
+    """When a received series is considered complete."""
+
+    quiet_period_s: float = Field(
+        30.0,
+        gt=0,
+        description="A series is complete once no instance of it arrived for this long "
+        "(Orthanc's StableAge, mercure's series_complete_trigger).",
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the gateway checks for complete series.")
+
+
+class BrokerSettings(_Section):
+    """Where the gateway puts work and the workers take it from."""
+
+    url: str | None = Field(
+        None,
+        description="Celery broker URL, e.g. redis://127.0.0.1:6379/0. Empty: the embedded "
+        "broker, a folder under data_dir (one machine, no server needed).",
+    )
+    visibility_timeout_s: int = Field(
+        4 * 3600,
+        ge=60,
+        description="Redis: a task not acknowledged within this time is given to another worker. "
+        "Must exceed the longest series processing time.",
+    )
+
+
+class WorkerSettings(_Section):
+    """The Celery worker that runs the pipeline."""
+
+    concurrency: int = Field(1, ge=1, description="Series processed at once per worker process group.")
+    queue: str = Field("pediface", description="Celery queue the gateway sends to and workers consume.")
+    max_delivery_attempts: int = Field(
+        8, ge=1, description="Delivery attempts before a series is quarantined as undeliverable."
+    )
+    retry_backoff_s: float = Field(10.0, gt=0, description="First delay between delivery attempts; doubles.")
+    retry_backoff_max_s: float = Field(600.0, gt=0, description="Longest delay between delivery attempts.")
+
+
+class MaskerKind(str, Enum):
+    template = "template"
+
+
+class DefaceSettings(_Section):
+    """How the face mask is computed and applied."""
+
+    masker: MaskerKind = Field(MaskerKind.template, description="Face masker implementation.")
+    model_dir: Path | None = Field(
+        None, description="Model folder. Empty: the one shipped in models/ for the chosen masker."
+    )
+    margin_mm: float = Field(4.0, ge=0, le=20, description="Safety margin the mask is dilated by.")
+    remove_ears: bool = Field(True, description="Blank the ears as well when the masker labels them.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for the masker. Empty: all cores.")
+
+
+class DeidSettings(_Section):
+    """De-identification of the headers (DICOM PS3.15 Annex E)."""
+
+    options: list[str] = Field(
+        default_factory=list,
+        description="Profile options on top of the Basic Profile, by their names in PS3.15 "
+        "(e.g. 'Retain Device Identity'). Empty: Basic Profile only.",
+    )
+    patient_id_prefix: str = Field("PF", description="Prefix of the keyed patient pseudonyms.")
+    secret: SecretStr | None = Field(
+        None,
+        description="Key for UID remapping and pseudonyms. Keep it secret and backed up: the same key "
+        "gives the same pseudonyms. Empty: read from secret_file.",
+    )
+    secret_file: Path | None = Field(
+        None,
+        description="File holding the key. Empty: <data_dir>/secrets/deid.key, created (mode 0600) on "
+        "first use.",
+    )
+
+
+class DestinationKind(str, Enum):
+    folder = "folder"
+    dicom = "dicom"
+
+
+class DestinationSettings(_Section):
+    """The research archive that receives defaced, de-identified series."""
+
+    kind: DestinationKind = Field(
+        DestinationKind.folder, description="'folder' writes files; 'dicom' sends them with C-STORE."
+    )
+    folder: Path | None = Field(None, description="kind=folder: target folder. Empty: <data_dir>/archive.")
+    ae_title: str = Field("ARCHIVE", description="kind=dicom: called AE title of the archive.")
+    host: str = Field("127.0.0.1", description="kind=dicom: host of the archive.")
+    port: int = Field(104, ge=1, le=65535, description="kind=dicom: port of the archive.")
+    calling_ae_title: str = Field("PEDIFACE", description="kind=dicom: our AE title towards the archive.")
+    timeout_s: float = Field(60.0, gt=0, description="kind=dicom: association and DIMSE timeout.")
+
+    @field_validator("ae_title", "calling_ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class YamlSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by ``_config_file`` or ``PEDIFACE_CONFIG``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        raise NotImplementedError  # __call__ below returns the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None:
+            return {}
+        try:
+            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ValueError(f"configuration file {self.path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"configuration file {self.path} is not valid YAML: {exc}") from exc
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError(f"configuration file {self.path} must hold a mapping at the top level")
+        return data
+
+
+class Settings(BaseSettings):
+    """Every setting of pediface. See ``config/pediface.yaml`` for the documented defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PEDIFACE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        Path("pediface-data"),
+        description="Root of the spool, quarantine, embedded broker and default archive.",
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console", description="'json' for one machine-readable line per event."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    series: SeriesSettings = Field(default_factory=SeriesSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    deface: DefaceSettings = Field(default_factory=DefaceSettings)
+    deid: DeidSettings = Field(default_factory=DeidSettings)
+    destination: DestinationSettings = Field(default_factory=DestinationSettings)
+
+    # Set by load(); not a setting.
+    _config_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get(CONFIG_ENV) or None
+        return (
+            init_settings,
+            env_settings,
+            file_secret_settings,
+            YamlSource(settings_cls, Path(path) if path else None),
+        )
+
+    @model_validator(mode="after")
+    def _absolute_data_dir(self) -> "Settings":
+        # Worker processes may start in another directory: resolve once, here.
+        self.data_dir = self.data_dir.expanduser().resolve()
+        return self
+
+    @property
+    def archive_folder(self) -> Path:
+        return self.destination.folder or self.data_dir / "archive"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker.url
+
+    def deid_key(self) -> bytes:
+        """The de-identification key, creating the default key file on first use."""
+        if self.deid.secret is not None:
+            value = self.deid.secret.get_secret_value()
+            if len(value) < 16:
+                raise ValueError("deid.secret must be at least 16 characters")
+            return value.encode("utf-8")
+        path = self.deid.secret_file or self.data_dir / "secrets" / "deid.key"
+        if not path.exists():
+            if self.deid.secret_file is not None:
+                raise ValueError(f"deid.secret_file {path} does not exist")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # O_EXCL: two processes starting together must not write two different keys.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(secrets.token_hex(32))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        key = path.read_text(encoding="utf-8").strip()
+        if len(key) < 16:
+            raise ValueError(f"the key in {path} is shorter than 16 characters")
+        return key.encode("utf-8")
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from ``config_file`` (or ``$PEDIFACE_CONFIG``), the environment and overrides.
+
+    The chosen file is exported as ``PEDIFACE_CONFIG`` so that worker processes
+    started from this one read the same file.
+    """
+    if config_file is not None:
+        os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
+    return Settings(**overrides)
+
+
+def documented_yaml() -> str:
+    """Every option with its description and default, as a commented YAML file.
+
+    ``config/pediface.yaml`` is this text; a test keeps the two identical.
+    """
+    lines = [
+        "# pediface settings: every option with its default.",
+        "# Copy this file, change what you need, and pass it with --config or PEDIFACE_CONFIG.",
+        "# Any option can also be set in the environment: PEDIFACE_<SECTION>__<OPTION>,",
+        "# e.g. PEDIFACE_BROKER__URL=redis://127.0.0.1:6379/0. Generated by `pediface config --defaults`.",
+        "",
+    ]
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, SecretStr):
+            return "null"
+        dumped = yaml.safe_dump(value, default_flow_style=True).strip()
+        return dumped.removesuffix("\n...").removesuffix(" ...").strip()
+
+    def emit(model: type[BaseModel], instance: BaseModel, indent: str) -> None:
+        for name, info in model.model_fields.items():
+            value = getattr(instance, name)
+            if isinstance(value, BaseModel):
+                doc = (type(value).__doc__ or "").strip().splitlines()[0]
+                lines.append(f"{indent}# {doc}")
+                lines.append(f"{indent}{name}:")
+                emit(type(value), value, indent + "  ")
+                lines.append("")
+                continue
+            if info.description:
+                lines.append(f"{indent}# {info.description}")
+            if isinstance(value, Enum):
+                value = value.value
+            elif isinstance(value, Path):
+                value = str(value)
+            lines.append(f"{indent}{name}: {scalar(value)}")
+
+    defaults = Settings.model_construct()
+    for name, info in Settings.model_fields.items():
+        value = info.get_default(call_default_factory=True)
+        setattr(defaults, name, value)
+    emit(Settings, defaults, "")
+    return "\n".join(lines).rstrip() + "\n"

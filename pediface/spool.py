@@ -1,0 +1,334 @@
+"""The spool: pipeline state kept as folders on disk.
+
+Layout under ``<data_dir>/spool`` (a series moves by directory rename, which is
+atomic on one filesystem)::
+
+    tmp/                       half-written files; never read
+    incoming/<series_key>/     instances of a series still arriving
+        source.json            who sent it (calling AE title, first arrival)
+        <sop>.dcm              one file per SOP Instance UID
+    jobs/<job_id>/             a complete series handed to the workers
+        job.json               the JobManifest (state, attempts, reason)
+        instances/<sop>.dcm
+        out/                   the defaced, de-identified series before delivery
+    done/<job_id>/             delivered
+    quarantine/<job_id>/       not delivered; job.json says why
+
+The gateway owns ``incoming/`` and seals a series into ``jobs/``; workers move
+jobs to ``done/`` or ``quarantine/``; ``pediface quarantine retry`` moves them
+back. Only this module knows the layout. It needs the standard library and
+pydantic only, so the gateway stays light.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}-[0-9a-f]{6}$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters."""
+    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
+
+
+def series_key(calling_ae: str, study_uid: str, series_uid: str) -> str:
+    """Opaque, path-safe key of a series as sent by one peer."""
+    digest = hashlib.sha256(f"{calling_ae}\\{study_uid}\\{series_uid}".encode()).hexdigest()
+    return digest[:24]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    Temp file in ``tmp_dir`` (same filesystem) or beside the target, fsync, rename,
+    fsync of the directory: after return the file survives a power cut.
+    """
+    tmp_dir = tmp_dir or path.parent
+    tmp = tmp_dir / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+class JobState(str, Enum):
+    sealed = "sealed"  # complete, not yet handed to the broker
+    dispatched = "dispatched"  # a task is queued
+    processing = "processing"
+    sent = "sent"
+    quarantined = "quarantined"
+
+
+class StateChange(BaseModel):
+    state: JobState
+    at: datetime
+    note: str = ""
+
+
+class JobManifest(BaseModel):
+    """What the spool knows about one job. Holds no patient identifiers."""
+
+    job_id: str
+    series_key: str
+    calling_ae: str
+    n_instances: int
+    created_at: datetime = Field(default_factory=utcnow)
+    state: JobState = JobState.sealed
+    attempts: int = 0
+    reason: str | None = None
+    reason_code: str | None = None
+    n_sent: int = 0
+    output_series_uid: str | None = None  # the pseudonymous UID of the delivered series
+    history: list[StateChange] = Field(default_factory=list)
+
+    def to(self, state: JobState, note: str = "") -> "JobManifest":
+        self.state = state
+        self.history.append(StateChange(state=state, at=utcnow(), note=note))
+        return self
+
+
+class SpoolError(Exception):
+    """The spool cannot take an instance (disk full, permissions): the sender must retry later."""
+
+
+class Spool:
+    """Folder-based pipeline state shared by the gateway, the workers and the CLI."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir) / "spool"
+        self.tmp = self.root / "tmp"
+        self.incoming = self.root / "incoming"
+        self.jobs = self.root / "jobs"
+        self.done = self.root / "done"
+        self.quarantine_dir = self.root / "quarantine"
+        for folder in (self.tmp, self.incoming, self.jobs, self.done, self.quarantine_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        # Serialises "file lands in incoming/<key>" against "incoming/<key> is sealed",
+        # both of which happen in the gateway process.
+        self._seal_lock = threading.Lock()
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def store_instance(self, key: str, calling_ae: str, sop_uid: str, data: bytes) -> bool:
+        """Durably store one received instance; ``False`` if this SOP Instance UID is already here.
+
+        Raises :class:`SpoolError` when the bytes cannot be made durable.
+        """
+        if not is_valid_uid(sop_uid):
+            raise ValueError(f"SOP Instance UID {sop_uid!r} is not a valid UID")
+        tmp = self.tmp / f"{secrets.token_hex(8)}.dcm"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            with self._seal_lock:
+                series_dir = self.incoming / key
+                target = series_dir / f"{sop_uid}.dcm"
+                if target.exists():
+                    tmp.unlink()
+                    return False
+                if not series_dir.exists():
+                    series_dir.mkdir()
+                    source = {"calling_ae": calling_ae, "first_arrival": utcnow().isoformat()}
+                    atomic_write(series_dir / "source.json", json.dumps(source).encode(), self.tmp)
+                    fsync_dir(self.incoming)
+                os.rename(tmp, target)
+                fsync_dir(series_dir)
+                # The directory's mtime is the series' last arrival; a rename updates it,
+                # and so does this for filesystems that would not.
+                os.utime(series_dir)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise SpoolError(f"cannot store instance: {exc.strerror or exc}") from exc
+
+    def open_series(self) -> list[tuple[str, float]]:
+        """``(series_key, seconds since last arrival)`` of every series still in incoming/."""
+        now = time.time()
+        result = []
+        for entry in os.scandir(self.incoming):
+            if entry.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    result.append((entry.name, now - entry.stat().st_mtime))
+        return result
+
+    def seal(self, key: str, quiet_period_s: float) -> JobManifest | None:
+        """Turn ``incoming/<key>`` into a job if nothing arrived for ``quiet_period_s``."""
+        with self._seal_lock:
+            series_dir = self.incoming / key
+            try:
+                age = time.time() - series_dir.stat().st_mtime
+            except FileNotFoundError:
+                return None
+            if age < quiet_period_s:
+                return None
+            source = _read_json(series_dir / "source.json") or {}
+            files = [p for p in series_dir.glob("*.dcm")]
+            job_id = new_job_id(key)
+            job_dir = self.jobs / job_id
+            job_dir.mkdir()
+            manifest = JobManifest(
+                job_id=job_id,
+                series_key=key,
+                calling_ae=str(source.get("calling_ae", "")),
+                n_instances=len(files),
+            ).to(JobState.sealed, f"{len(files)} instances, quiet for {age:.0f} s")
+            self._write_manifest(job_dir, manifest)
+            os.rename(series_dir, job_dir / "instances")
+            fsync_dir(job_dir)
+            fsync_dir(self.incoming)
+            return manifest
+
+    def quarantine_rejected(self, data: bytes, calling_ae: str, reason: str, code: str) -> JobManifest:
+        """Keep an instance the gateway refused, with the reason, for a person to look at."""
+        job_id = new_job_id("0" * 12)
+        job_dir = self.quarantine_dir / job_id
+        (job_dir / "instances").mkdir(parents=True)
+        atomic_write(job_dir / "instances" / "rejected.dcm", data, self.tmp)
+        manifest = JobManifest(
+            job_id=job_id, series_key="", calling_ae=calling_ae, n_instances=1, reason=reason, reason_code=code
+        ).to(JobState.quarantined, reason)
+        self._write_manifest(job_dir, manifest)
+        return manifest
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def job_dir(self, job_id: str) -> Path:
+        """The folder of a job, wherever it is now."""
+        if not _JOB_ID.match(job_id):
+            raise ValueError(f"{job_id!r} is not a job id")
+        for stage in (self.jobs, self.quarantine_dir, self.done):
+            if (stage / job_id).is_dir():
+                return stage / job_id
+        raise FileNotFoundError(f"no job {job_id} in {self.root}")
+
+    def load(self, job_id: str) -> JobManifest:
+        return JobManifest.model_validate_json((self.job_dir(job_id) / "job.json").read_bytes())
+
+    def save(self, manifest: JobManifest) -> None:
+        self._write_manifest(self.job_dir(manifest.job_id), manifest)
+
+    def instance_files(self, job_id: str) -> list[Path]:
+        return sorted((self.job_dir(job_id) / "instances").glob("*.dcm"))
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.jobs / job_id / "out"
+
+    def manifests(self, stage: Path) -> Iterator[JobManifest]:
+        for entry in sorted(stage.iterdir()):
+            if (entry / "job.json").is_file():
+                yield JobManifest.model_validate_json((entry / "job.json").read_bytes())
+
+    @contextlib.contextmanager
+    def claim(self, job_id: str) -> Iterator[bool]:
+        """Hold an exclusive lock on a job for this process; yields ``False`` if another holds it.
+
+        A redelivered task (worker lost, visibility timeout) must not process a series
+        that another worker is still processing.
+        """
+        lock_path = self.jobs / job_id / ".lock"
+        try:
+            handle = open(lock_path, "a")
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
+
+    def finish(self, manifest: JobManifest, n_sent: int) -> None:
+        """Record delivery and move the job to done/."""
+        manifest.n_sent = n_sent
+        manifest.reason = manifest.reason_code = None
+        self._move(manifest.to(JobState.sent, f"{n_sent} instances delivered"), self.done)
+
+    def quarantine(self, manifest: JobManifest, reason: str, code: str) -> None:
+        """Move a job to quarantine/ with a reason a person can read."""
+        manifest.reason, manifest.reason_code = reason, code
+        self._move(manifest.to(JobState.quarantined, reason), self.quarantine_dir)
+
+    def retry(self, job_id: str) -> JobManifest:
+        """Move a quarantined job back to jobs/ as sealed, ready to dispatch."""
+        source = self.quarantine_dir / job_id
+        if not (source / "job.json").is_file():
+            raise FileNotFoundError(f"no quarantined job {job_id}")
+        manifest = JobManifest.model_validate_json((source / "job.json").read_bytes())
+        shutil.rmtree(source / "out", ignore_errors=True)
+        manifest.attempts = 0
+        manifest.to(JobState.sealed, "retry requested")
+        self._write_manifest(source, manifest)
+        os.rename(source, self.jobs / job_id)
+        fsync_dir(self.jobs)
+        return manifest
+
+    def _move(self, manifest: JobManifest, stage: Path) -> None:
+        current = self.job_dir(manifest.job_id)
+        self._write_manifest(current, manifest)
+        if current.parent != stage:
+            target = stage / manifest.job_id
+            os.rename(current, target)
+            fsync_dir(stage)
+            fsync_dir(current.parent)
+
+    def _write_manifest(self, job_dir: Path, manifest: JobManifest) -> None:
+        atomic_write(job_dir / "job.json", manifest.model_dump_json(indent=2).encode(), self.tmp)
+
+
+def new_job_id(key: str) -> str:
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{key[:12]}-{secrets.token_hex(3)}"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

@@ -1,0 +1,77 @@
+"""Delivery of a defaced series to the research archive: a folder or a DICOM C-STORE SCP.
+
+Delivery is idempotent: output UIDs are deterministic, so sending a series again
+writes the same files or stores the same SOP instances (which archives treat as
+an overwrite, not a duplicate). Any failure raises :class:`DeliveryError`, which
+the task retries with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+
+from pediface.errors import DeliveryError
+from pediface.logs import get_logger
+from pediface.settings import DestinationKind, DestinationSettings
+from pediface.spool import atomic_write, is_valid_uid
+
+log = get_logger("pediface.worker.delivery")
+
+#: Warnings of PS3.4 B.2.3 that still mean "stored".
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+def deliver(files: Sequence[Path], destination: DestinationSettings, archive_folder: Path) -> int:
+    """Deliver ``files`` (one defaced series); returns the number of instances delivered."""
+    if destination.kind == DestinationKind.folder:
+        return _to_folder(files, archive_folder)
+    return _to_scp(files, destination)
+
+
+def _to_folder(files: Sequence[Path], archive: Path) -> int:
+    """``<archive>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, each written atomically."""
+    try:
+        for path in files:
+            ds = dcmread(path, stop_before_pixels=True)
+            uids = [str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)]
+            if not all(is_valid_uid(u) for u in uids):
+                raise DeliveryError(f"{path.name} has an invalid UID; not written to the archive")
+            target = archive / uids[0] / uids[1]
+            target.mkdir(parents=True, exist_ok=True)
+            atomic_write(target / f"{uids[2]}.dcm", path.read_bytes())
+    except OSError as exc:
+        raise DeliveryError(f"cannot write to the archive folder {archive}: {exc.strerror or exc}") from exc
+    return len(files)
+
+
+def _to_scp(files: Sequence[Path], destination: DestinationSettings) -> int:
+    headers = [dcmread(path, stop_before_pixels=True) for path in files]
+    sop_classes = sorted({str(ds.SOPClassUID) for ds in headers})
+    ae = AE(ae_title=destination.calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    where = f"{destination.ae_title}@{destination.host}:{destination.port}"
+    if not assoc.is_established:
+        raise DeliveryError(f"no association with {where} (refused, aborted or unreachable)")
+    sent = 0
+    try:
+        for path in files:
+            status = assoc.send_c_store(dcmread(path))
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise DeliveryError(f"{where} did not answer a C-STORE (connection lost or timed out)")
+            if code not in _STORED:
+                raise DeliveryError(f"{where} refused an instance with status 0x{code:04X}")
+            sent += 1
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    log.info("series_sent", destination=where, instances=sent)
+    return sent
