@@ -1,0 +1,443 @@
+"""The de-identification engine: PS3.15 Basic Application Level Confidentiality Profile.
+
+Design
+------
+The profile is table-driven: every element whose tag is listed in Table E.1-1 (vendored in
+``tables/``, edition 2026d) gets the action its row and the policy's options resolve to (see
+:mod:`worker.deid.actions`), at every depth of every sequence. Every private attribute (odd
+group) is removed, private creators included, unless Retain Safe Private is selected and the
+attribute is listed in Table E.3.10-1 under its private creator. Attributes the table does not
+list are kept as they are, as the Basic profile prescribes, except inside a sequence the profile
+replaces with a dummy; turning this into an allow-list of attributes is a separate, stricter
+policy, not part of the Basic profile.
+
+On top of the table:
+
+* PatientID and PatientName both become :func:`pseudonymise` of the original PatientID (of the
+  StudyInstanceUID when there is none): a non-identifying dummy, which Z/D allows, that still
+  lets researchers link the series of one patient;
+* UIDs are replaced with :func:`remap_uid`, a keyed hash, so that every worker maps a UID the
+  same way and references between instances stay consistent without shared state;
+* the result records what was done: PatientIdentityRemoved, DeidentificationMethod,
+  DeidentificationMethodCodeSequence (CID 7050) and LongitudinalTemporalInformationModified;
+* the file meta information keeps only the transfer syntax, SOP class, implementation and
+  version elements, and its MediaStorageSOPInstanceUID follows the new SOPInstanceUID; the
+  preamble is not carried over (it may hold a TIFF header, with identifiers).
+
+Failing closed: anything the engine cannot handle raises :class:`DeidentificationError` naming
+the element by tag, keyword and position, never by value, since values are PHI. The original
+exception is not chained for the same reason.
+
+Cost: the tables are parsed once per process and resolved once per policy, and each dataset is
+walked once. Kept values are shared, not copied, when they are immutable, which covers pixel
+data.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement, empty_value_for_VR
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+
+from pediface import __version__
+from pediface.errors import DeidentificationError
+from worker.deid.actions import (
+    STRUCTURAL_VRS,
+    TEXT_VRS,
+    Action,
+    Rule,
+    RuleSet,
+    base_vr,
+    dummy_value,
+    rules_for,
+    shift_da,
+    shift_dt,
+)
+from worker.deid.options import (
+    BASIC_PROFILE_CODE,
+    CLEAN_RECOGNIZABLE_VISUAL_FEATURES_CODE,
+    OPTION_CODES,
+    DeidOption,
+    DeidPolicy,
+    MethodCode,
+)
+from worker.deid.pseudonym import check_key, date_shift_days, pseudonymise, remap_uid
+from worker.deid.table import EDITION, SafePrivateKey, safe_private_table
+
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+STUDY_INSTANCE_UID = 0x0020000D
+SOP_INSTANCE_UID = 0x00080018
+MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+
+#: File meta elements carried over; the others (source, sending and receiving AE titles and
+#: presentation addresses, private information) describe the sender and can identify a site.
+FILE_META_KEPT = (
+    0x00020001,  # FileMetaInformationVersion
+    0x00020002,  # MediaStorageSOPClassUID
+    0x00020010,  # TransferSyntaxUID
+    0x00020012,  # ImplementationClassUID
+    0x00020013,  # ImplementationVersionName
+)
+
+_IMMUTABLE_VALUES = (str, bytes, int, float, type(None))
+
+
+class _ValueFreeError(ValueError):
+    """A failure whose message names no value, so it may be shown."""
+
+
+def deidentify(ds: Dataset, policy: DeidPolicy, key: bytes, *, defaced: bool = False) -> Dataset:
+    """Return a new, de-identified copy of `ds` under the Basic profile and `policy`'s options.
+
+    Parameters
+    ----------
+    ds : Dataset
+        The instance to de-identify, with or without ``file_meta``; it is not modified.
+    policy : DeidPolicy
+        The options to apply on top of the Basic profile, and the pseudonym prefix.
+    key : bytes
+        The site's secret key for UIDs, pseudonyms and date offsets (at least 16 bytes); the
+        same key gives the same output, on every worker and every retry.
+    defaced : bool
+        Whether the pixel data had recognizable facial features removed; recorded as the Clean
+        Recognizable Visual Features Option (113102).
+
+    Returns
+    -------
+    Dataset
+        The de-identified dataset, with de-identified ``file_meta`` when `ds` has one.
+
+    Raises
+    ------
+    DeidentificationError
+        If an element cannot be de-identified safely (the message names the element, never its
+        value), or no pseudonym can be derived (no PatientID and no StudyInstanceUID).
+    TypeError, ValueError
+        If `policy` is not a :class:`DeidPolicy` or `key` is not a usable key.
+    """
+    if not isinstance(policy, DeidPolicy):
+        raise TypeError(f"policy must be a DeidPolicy, got {type(policy).__name__}")
+    check_key(key)
+    patient = _patient_identity(ds)
+    walker = _Walker(
+        rules=rules_for(policy),
+        key=bytes(key),
+        prefix=policy.patient_id_prefix,
+        date_shift_days=date_shift_days(patient, key),
+        safe_private=safe_private_table(),
+    )
+    out = walker.dataset(ds, blank=False, where="")
+
+    pseudonym = pseudonymise(patient, key, policy.patient_id_prefix)
+    out.PatientID = pseudonym
+    out.PatientName = pseudonym
+    _record_method(out, policy, defaced)
+
+    source_meta = getattr(ds, "file_meta", None)
+    if source_meta is not None:
+        out.file_meta = _file_meta(source_meta, out, walker)
+    if None not in ds.original_encoding:
+        # Lets a dataset without file meta be written the way it was read.
+        out.set_original_encoding(*ds.original_encoding)
+    return out
+
+
+@dataclass(frozen=True)
+class _Walker:
+    """The per-call constants of one de-identification, and the recursive walk over a dataset."""
+
+    rules: RuleSet
+    key: bytes
+    prefix: str
+    date_shift_days: int
+    safe_private: frozenset[SafePrivateKey]
+
+    def dataset(self, src: Dataset, *, blank: bool, where: str) -> Dataset:
+        """De-identify one dataset or sequence item.
+
+        `blank` is True inside a sequence being replaced with dummy content, where unlisted
+        attributes are replaced too (see :class:`Action`).
+        """
+        out = Dataset()
+        kept_private = self._safe_private_tags(src, where)
+        for tag in list(src.keys()):
+            number = int(tag)
+            group, element = number >> 16, number & 0xFFFF
+            if element == 0x0000 or group in (0x0000, 0x0002):
+                # Group lengths go stale once elements are removed (they are retired anyway), and
+                # command and file meta elements do not belong in a data set body: writers refuse
+                # them, and dropping them is at least as protective as the table's X or U.
+                continue
+            if group % 2 == 1 and number not in kept_private:
+                continue
+            label = where + _label(number, self.rules.lookup(number))
+            try:
+                elem = src[tag]
+                new = (
+                    self._private(elem, blank, label) if group % 2 == 1 else self._public(elem, blank, label)
+                )
+            except DeidentificationError:
+                raise
+            except _ValueFreeError as exc:
+                raise DeidentificationError(
+                    f"cannot de-identify {label}: {exc}", code="deid.element"
+                ) from None
+            except Exception as exc:  # noqa: BLE001 - fail closed: any failure stops this instance
+                # `from None`: the original message may quote the value, which is PHI.
+                raise DeidentificationError(
+                    f"cannot de-identify {label}: {type(exc).__name__}", code="deid.element"
+                ) from None
+            if new is not None:
+                out.add(new)
+        return out
+
+    def _safe_private_tags(self, src: Dataset, where: str) -> frozenset[int]:
+        """Tags of the private attributes of `src` to keep, with their private creators."""
+        if self.rules.private.option is not Action.SAFE_PRIVATE:
+            return frozenset()
+        tags = list(src.keys())  # iterating a Dataset yields its elements, converting each
+        creators: dict[tuple[int, int], str] = {}
+        for tag in tags:
+            if tag.group % 2 == 1 and 0x0010 <= tag.element <= 0x00FF:
+                try:
+                    value = src[tag].value
+                except Exception:  # noqa: BLE001 - fail closed, and the message may quote the value
+                    raise DeidentificationError(
+                        f"cannot read private creator {where}{_label(int(tag), None)}", code="deid.element"
+                    ) from None
+                if isinstance(value, bytes):
+                    value = value.decode("latin-1")
+                if isinstance(value, str):
+                    creators[(tag.group, tag.element)] = value.strip(" \x00")
+        kept: set[int] = set()
+        for tag in tags:
+            if tag.group % 2 == 1 and tag.element >= 0x1000:
+                block = (tag.group, tag.element >> 8)
+                creator = creators.get(block)
+                if creator is not None and (tag.group, creator, tag.element & 0xFF) in self.safe_private:
+                    kept.add(int(tag))
+                    kept.add((block[0] << 16) | block[1])
+        return frozenset(kept)
+
+    def _private(self, elem: DataElement, blank: bool, label: str) -> DataElement:
+        """A private attribute listed as safe, or its private creator: kept."""
+        if elem.VR == "SQ":
+            return self._items(elem, blank, label)
+        return _copy_element(elem)
+
+    def _public(self, elem: DataElement, blank: bool, label: str) -> DataElement | None:
+        number = int(elem.tag)
+        if number == PATIENT_ID:
+            # Set again at the top level; in nested items a pseudonym keeps references linkable.
+            return self._nested_patient_id(elem)
+        rule = self.rules.lookup(number)
+        if elem.VR == "SQ":
+            return self._sequence(elem, rule, blank, label)
+        return self.element(elem, rule, blank)
+
+    def _nested_patient_id(self, elem: DataElement) -> DataElement:
+        text = _joined_text(elem.value)
+        if not text.strip():
+            return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
+        return DataElement(elem.tag, elem.VR, pseudonymise(text, self.key, self.prefix))
+
+    def _sequence(self, elem: DataElement, rule: Rule | None, blank: bool, label: str) -> DataElement | None:
+        if rule is None:
+            action = Action.KEEP
+        elif rule.option in (Action.SHIFT_DATES, Action.SAFE_PRIVATE, None):
+            action = rule.sequence  # no option, or one that does not apply to sequences
+        else:
+            action = rule.option
+        if action is Action.REMOVE:
+            return None
+        if action is Action.EMPTY:
+            return DataElement(elem.tag, "SQ", Sequence())
+        return self._items(elem, blank or action in (Action.DUMMY, Action.CLEAN), label)
+
+    def _items(self, elem: DataElement, blank: bool, label: str) -> DataElement:
+        items = [
+            self.dataset(item, blank=blank, where=f"{label}[{index}] > ")
+            for index, item in enumerate(elem.value)
+        ]
+        return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=elem.is_undefined_length)
+
+    def element(self, elem: DataElement, rule: Rule | None, blank: bool) -> DataElement | None:
+        """De-identify one element that is not a sequence; None when it is removed."""
+        vr = base_vr(elem.VR)
+        if rule is None:
+            if blank and vr not in STRUCTURAL_VRS and not elem.is_empty:
+                return self._apply(elem, vr, Action.DUMMY)
+            return _copy_element(elem)
+        if rule.option is Action.SHIFT_DATES and vr in ("DA", "DT", "TM"):
+            return self._shift_dates(elem, vr)
+        if rule.option is Action.CLEAN and vr in TEXT_VRS:
+            return self._apply(elem, vr, Action.CLEAN)
+        if rule.option in (Action.KEEP, Action.REMAP_UID, Action.DUMMY, Action.EMPTY, Action.REMOVE):
+            return self._apply(elem, vr, rule.option)
+        return self._apply(elem, vr, rule.element)
+
+    def _apply(self, elem: DataElement, vr: str, action: Action) -> DataElement | None:
+        if action is Action.KEEP:
+            return _copy_element(elem)
+        if action is Action.REMOVE:
+            return None
+        if action is Action.CLEAN:
+            # Until descriptors are cleaned word by word: any non-empty text becomes a dummy.
+            return _copy_element(elem) if elem.is_empty else self._apply(elem, vr, Action.DUMMY)
+        if vr == "UI" and action in (Action.DUMMY, Action.REMAP_UID):
+            # A dummy UID must stay unique where the original was: the keyed remap is one.
+            return DataElement(elem.tag, elem.VR, _map_values(elem.value, self._remap))
+        if action is Action.DUMMY:
+            return DataElement(elem.tag, elem.VR, dummy_value(vr))
+        # EMPTY, and REMAP_UID on a value that is not a UI (no UID to remap): nothing is kept.
+        return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
+
+    def _remap(self, uid: str) -> str:
+        return remap_uid(uid, self.key) if uid.strip(" \x00") else ""
+
+    def _shift_dates(self, elem: DataElement, vr: str) -> DataElement:
+        if vr == "TM":
+            return _copy_element(elem)  # a shift by whole days leaves the time of day as it was
+        shift = shift_da if vr == "DA" else shift_dt
+        try:
+            value = _map_values(elem.value, lambda text: shift(text, self.date_shift_days))
+        except ValueError as exc:  # shift_da and shift_dt never quote the value
+            raise _ValueFreeError(
+                f"its {vr} value cannot be shifted by the Modified Dates option ({exc})"
+            ) from None
+        return DataElement(elem.tag, elem.VR, value)
+
+
+def _copy_element(elem: DataElement) -> DataElement:
+    """A copy of `elem` that shares immutable values (pixel data included) instead of copying."""
+    value = elem.value
+    if not isinstance(value, _IMMUTABLE_VALUES):
+        value = copy.deepcopy(value)
+    new = DataElement(
+        elem.tag, elem.VR, value, is_undefined_length=elem.is_undefined_length, already_converted=True
+    )
+    new.private_creator = elem.private_creator
+    return new
+
+
+def _map_values(value: Any, function: Any) -> Any:
+    """Apply `function` to the text of each value of a (possibly multi-valued) string element."""
+    if isinstance(value, MultiValue | list | tuple):
+        return [function(_text(item)) for item in value]
+    return function(_text(value)) if value is not None else value
+
+
+def _text(value: Any) -> str:
+    # pydicom's DA/DT/TM objects (config.datetime_conversion) remember the string they came from.
+    original = getattr(value, "original_string", None)
+    if isinstance(original, str):
+        return original
+    if isinstance(value, bytes):
+        return value.decode("ascii")
+    return str(value)
+
+
+def _joined_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(_text(item) for item in value)
+    return _text(value)
+
+
+def _label(number: int, rule: Rule | None) -> str:
+    """How an element is named in messages: tag and keyword, never its value."""
+    tag = f"({number >> 16:04X},{number & 0xFFFF:04X})"
+    if (number >> 16) % 2 == 1:
+        return f"{tag} private"
+    keyword = (rule.row.keyword if rule is not None else "") or keyword_for_tag(BaseTag(number))
+    return f"{tag} {keyword}" if keyword else tag
+
+
+def _patient_identity(ds: Dataset) -> str:
+    """What the pseudonym and the date offset derive from: PatientID, else StudyInstanceUID."""
+    for number, keyword in ((PATIENT_ID, "PatientID"), (STUDY_INSTANCE_UID, "StudyInstanceUID")):
+        try:
+            elem = ds.get(BaseTag(number))
+            text = _joined_text(elem.value).strip(" \x00") if elem is not None else ""
+        except Exception:  # noqa: BLE001 - fail closed, and the message may quote the value
+            raise DeidentificationError(
+                f"cannot read ({number >> 16:04X},{number & 0xFFFF:04X}) {keyword}", code="deid.element"
+            ) from None
+        if text:
+            return text
+    raise DeidentificationError(
+        "neither (0010,0020) PatientID nor (0020,000D) StudyInstanceUID has a value: "
+        "no patient pseudonym can be derived",
+        code="deid.no_patient",
+    )
+
+
+def _record_method(out: Dataset, policy: DeidPolicy, defaced: bool) -> None:
+    """Add the attributes that record the de-identification (PS3.15 E.1.1, PS3.3 C.7.1.1)."""
+    options = policy.ordered_options()
+    codes = [BASIC_PROFILE_CODE, *(OPTION_CODES[option] for option in options)]
+    descriptions = [
+        f"DICOM PS3.15 {EDITION} Basic Application Confidentiality Profile",
+        *(option.value for option in options),
+    ]
+    if defaced:
+        codes.append(CLEAN_RECOGNIZABLE_VISUAL_FEATURES_CODE)
+        descriptions.append("Clean Recognizable Visual Features (defaced)")
+    descriptions.append(f"pediface {__version__}")
+
+    out.PatientIdentityRemoved = "YES"
+    # Earlier de-identifications, recorded in the input, stay on record before this one.
+    previous = out.get("DeidentificationMethod")
+    earlier = [value for value in _as_list(previous) if value] if previous else []
+    out.DeidentificationMethod = [*earlier, *descriptions]
+    items = list(out.get("DeidentificationMethodCodeSequence", []))
+    present = {(item.get("CodingSchemeDesignator"), item.get("CodeValue")) for item in items}
+    items.extend(_code_item(code) for code in codes if ("DCM", code.value) not in present)
+    out.DeidentificationMethodCodeSequence = Sequence(items)
+
+    if DeidOption.RETAIN_LONGITUDINAL_FULL_DATES in policy.options:
+        out.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in policy.options:
+        out.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        out.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
+def _code_item(code: MethodCode) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _file_meta(source: Dataset, out: Dataset, walker: _Walker) -> FileMetaDataset:
+    """File meta information for `out`: an allow-list of `source`'s, with the new instance UID."""
+    meta = FileMetaDataset()
+    for number in FILE_META_KEPT:
+        elem = source.get(BaseTag(number))
+        if elem is not None:
+            meta.add(_copy_element(elem))
+    sop_instance_uid = out.get("SOPInstanceUID")
+    if sop_instance_uid:
+        meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    else:
+        media = source.get(BaseTag(MEDIA_STORAGE_SOP_INSTANCE_UID))
+        if media is not None:
+            new = walker.element(media, walker.rules.lookup(MEDIA_STORAGE_SOP_INSTANCE_UID), blank=False)
+            if new is not None:
+                meta.add(new)
+    return meta

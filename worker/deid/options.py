@@ -1,0 +1,188 @@
+"""The options of the Basic Application Level Confidentiality Profile and the policy that selects them.
+
+Option names are the standard's (PS3.15 Annex E, Table E.1-1 column headings), and the codes are
+those of CID 7050 "De-identification Method" (PS3.16), which record in each de-identified instance
+what was done to it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+
+class DeidOption(str, Enum):
+    """An option of the Basic Application Level Confidentiality Profile (PS3.15 E.3)."""
+
+    RETAIN_SAFE_PRIVATE = "Retain Safe Private"
+    RETAIN_UIDS = "Retain UIDs"
+    RETAIN_DEVICE_IDENTITY = "Retain Device Identity"
+    RETAIN_INSTITUTION_IDENTITY = "Retain Institution Identity"
+    RETAIN_PATIENT_CHARACTERISTICS = "Retain Patient Characteristics"
+    RETAIN_LONGITUDINAL_FULL_DATES = "Retain Longitudinal Temporal Information with Full Dates"
+    RETAIN_LONGITUDINAL_MODIFIED_DATES = "Retain Longitudinal Temporal Information with Modified Dates"
+    CLEAN_DESCRIPTORS = "Clean Descriptors"
+    CLEAN_STRUCTURED_CONTENT = "Clean Structured Content"
+    CLEAN_GRAPHICS = "Clean Graphics"
+
+
+@dataclass(frozen=True)
+class MethodCode:
+    """A coded entry of CID 7050 (coding scheme ``DCM``)."""
+
+    value: str
+    meaning: str
+
+
+BASIC_PROFILE_CODE = MethodCode("113100", "Basic Application Confidentiality Profile")
+CLEAN_RECOGNIZABLE_VISUAL_FEATURES_CODE = MethodCode("113102", "Clean Recognizable Visual Features Option")
+
+#: CID 7050 codes of the options, checked against pydicom 3.0.2's copy of CID 7050.
+OPTION_CODES: dict[DeidOption, MethodCode] = {
+    DeidOption.RETAIN_SAFE_PRIVATE: MethodCode("113111", "Retain Safe Private Option"),
+    DeidOption.RETAIN_UIDS: MethodCode("113110", "Retain UIDs Option"),
+    DeidOption.RETAIN_DEVICE_IDENTITY: MethodCode("113109", "Retain Device Identity Option"),
+    DeidOption.RETAIN_INSTITUTION_IDENTITY: MethodCode("113112", "Retain Institution Identity Option"),
+    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: MethodCode("113108", "Retain Patient Characteristics Option"),
+    DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: MethodCode(
+        "113106", "Retain Longitudinal Temporal Information Full Dates Option"
+    ),
+    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: MethodCode(
+        "113107", "Retain Longitudinal Temporal Information Modified Dates Option"
+    ),
+    DeidOption.CLEAN_DESCRIPTORS: MethodCode("113105", "Clean Descriptors Option"),
+    DeidOption.CLEAN_STRUCTURED_CONTENT: MethodCode("113104", "Clean Structured Content Option"),
+    DeidOption.CLEAN_GRAPHICS: MethodCode("113103", "Clean Graphics Option"),
+}
+
+#: Options that are refused rather than ignored: selecting an option promises the recipient
+#: something, so accepting one the engine does not carry out would be a privacy defect.
+UNSUPPORTED_OPTIONS: dict[DeidOption, str] = {
+    # The table only covers some content item attributes (TextValue, for one, is not in it), so
+    # keeping SR content and applying the table to it would let free text through.
+    DeidOption.CLEAN_STRUCTURED_CONTENT: "cleaning SR and acquisition context content item values",
+    # Keeping overlays and curves means cleaning their bitmaps, which needs pixel-level work.
+    DeidOption.CLEAN_GRAPHICS: "cleaning overlay bitmaps, curves and graphic annotations",
+}
+
+_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_]{1,16}")
+
+
+def _normalise_option_name(name: str) -> str:
+    folded = " ".join(name.replace("_", " ").split()).casefold()
+    return folded.removesuffix(" option")
+
+
+_OPTIONS_BY_NAME: dict[str, DeidOption] = {
+    **{_normalise_option_name(option.value): option for option in DeidOption},
+    **{_normalise_option_name(option.name): option for option in DeidOption},
+}
+
+
+def parse_option(name: str | DeidOption) -> DeidOption:
+    """The option named `name`.
+
+    Parameters
+    ----------
+    name : str | DeidOption
+        The standard's name of the option (``"Retain UIDs"``), case-insensitive and with or
+        without a trailing ``" Option"``, or the enum member's name (``"RETAIN_UIDS"``).
+
+    Returns
+    -------
+    DeidOption
+        The option.
+
+    Raises
+    ------
+    ValueError
+        If `name` names no option of the profile.
+    """
+    if isinstance(name, DeidOption):
+        return name
+    option = _OPTIONS_BY_NAME.get(_normalise_option_name(str(name)))
+    if option is None:
+        known = ", ".join(repr(option.value) for option in DeidOption)
+        raise ValueError(f"unknown de-identification option {name!r}; known options: {known}")
+    return option
+
+
+@dataclass(frozen=True)
+class DeidPolicy:
+    """What the de-identification engine does: the Basic profile plus the selected options.
+
+    Parameters
+    ----------
+    options : frozenset[DeidOption]
+        Options of the Basic Application Level Confidentiality Profile to apply on top of it.
+        Strings are accepted and normalised through :func:`parse_option`.
+    patient_id_prefix : str
+        Prefix of the patient pseudonyms written into PatientID and PatientName: 1 to 16 ASCII
+        letters, digits or underscores, so that the pseudonym is a valid LO and PN value.
+
+    Raises
+    ------
+    ValueError
+        If an option is unknown or not supported yet, if the two Retain Longitudinal Temporal
+        Information options are selected together, or if `patient_id_prefix` is not valid.
+    """
+
+    options: frozenset[DeidOption] = frozenset()
+    patient_id_prefix: str = "PF"
+
+    def __post_init__(self) -> None:
+        # Normalise through the enum at once so that the object is valid when built.
+        options = frozenset(parse_option(option) for option in self.options)
+        object.__setattr__(self, "options", options)
+        unsupported = [option for option in DeidOption if option in options & UNSUPPORTED_OPTIONS.keys()]
+        if unsupported:
+            raise ValueError(
+                f"de-identification option {unsupported[0].value!r} is not supported yet "
+                f"({UNSUPPORTED_OPTIONS[unsupported[0]]})"
+            )
+        dates = {DeidOption.RETAIN_LONGITUDINAL_FULL_DATES, DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES}
+        if dates <= options:
+            raise ValueError(
+                f"options {DeidOption.RETAIN_LONGITUDINAL_FULL_DATES.value!r} and "
+                f"{DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES.value!r} exclude each other"
+            )
+        if not isinstance(self.patient_id_prefix, str) or not _PREFIX_PATTERN.fullmatch(
+            self.patient_id_prefix
+        ):
+            raise ValueError(
+                f"patient_id_prefix must be 1 to 16 ASCII letters, digits or underscores, "
+                f"got {self.patient_id_prefix!r}"
+            )
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], patient_id_prefix: str = "PF") -> DeidPolicy:
+        """A policy from option names, as they appear in configuration files.
+
+        Parameters
+        ----------
+        names : Iterable[str]
+            Option names, see :func:`parse_option`.
+        patient_id_prefix : str
+            See :class:`DeidPolicy`.
+
+        Returns
+        -------
+        DeidPolicy
+            The policy.
+
+        Raises
+        ------
+        ValueError
+            Naming the first unknown or unsupported option, see :class:`DeidPolicy`.
+        """
+        if isinstance(names, str):
+            raise TypeError(f"names must be an iterable of option names, not a single string {names!r}")
+        return cls(
+            options=frozenset(parse_option(name) for name in names), patient_id_prefix=patient_id_prefix
+        )
+
+    def ordered_options(self) -> tuple[DeidOption, ...]:
+        """The selected options in the standard's column order (for stable output)."""
+        return tuple(option for option in DeidOption if option in self.options)
