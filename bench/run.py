@@ -1,4 +1,4 @@
-"""Benchmarks: `make bench` (or `python -m bench.run`) rewrites docs/benchmarks.md.
+"""Gateway and pipeline benchmarks: `python -m bench.run` rewrites its sections of docs/benchmarks.md.
 
 1. Ingest: dcmtk's ``storescu`` sends the UIH series (160 instances, 78 MB) to
    ``pediface gateway`` and, in the same run, to dcmtk's own ``storescp``; the
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -23,12 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from bench.report import stamp, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 UIH = REPO.parent / "shared" / "data" / "dicom" / "dcm_qa_uih" / "uih_t1_gre_fsp_3d_sag"
-OUT = REPO / "docs" / "benchmarks.md"
 
 
 def free_port() -> int:
@@ -136,62 +135,45 @@ def bench_pipeline(repeat: int) -> dict[str, float]:
     return result
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if not UIH.is_dir() or shutil.which("storescu") is None:
         print("bench needs ../shared/data and dcmtk (make system-deps)", file=sys.stderr)
         return 2
     ingest = bench_ingest(args.repeat)
     pipeline = bench_pipeline(args.repeat)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = f"""# Benchmarks
-
-Produced by `make bench` (`python -m bench.run --repeat {args.repeat}`); medians of {args.repeat} runs.
-
-- Date: {when}
-- Machine: {machine()}
-
-## Ingest: C-STORE of the UIH series (160 instances, {ingest['size_mb']:.1f} MB) from dcmtk storescu
+    ingest_text = f"""## Ingest: C-STORE of the UIH series (160 instances, {ingest["size_mb"]:.1f} MB) from dcmtk storescu
 
 | receiver | seconds | MB/s |
 |---|---|---|
-| pediface gateway (fsync per instance, then Success) | {ingest['pediface_s']:.2f} | {ingest['pediface_mb_s']:.1f} |
-| dcmtk storescp (as shipped, no fsync) | {ingest['storescp_s']:.2f} | {ingest['storescp_mb_s']:.1f} |
+| pediface gateway (fsync per instance, then Success) | {ingest["pediface_s"]:.2f} | {ingest["pediface_mb_s"]:.1f} |
+| dcmtk storescp (as shipped, no fsync) | {ingest["storescp_s"]:.2f} | {ingest["storescp_mb_s"]:.1f} |
 
-pediface / storescp time ratio: **{ingest['ratio']:.2f}**.
-
-## Pipeline on the UIH series (512 x 460 x 160, one process, template masker)
+pediface / storescp time ratio: **{ingest["ratio"]:.2f}**. `python -m bench.run --repeat {args.repeat}`, medians.
+{stamp()}
+"""
+    pipeline_text = f"""## Pipeline on the UIH series (512 x 460 x 160, one process, template masker)
 
 | step | seconds |
 |---|---|
-| read 160 files (pydicom) | {pipeline['read']:.2f} |
-| build the volume | {pipeline['volume']:.2f} |
-| face mask (registration + resampling) | {pipeline['mask']:.2f} |
-| write-back into the original pixel data | {pipeline['write_back']:.2f} |
-| de-identification (160 instances) | {pipeline['deid']:.2f} |
-| **total per series** | **{pipeline['total']:.2f}** |
-| masker load (once per worker process) | {pipeline['masker_load']:.2f} |
+| read 160 files (pydicom) | {pipeline["read"]:.2f} |
+| build the volume | {pipeline["volume"]:.2f} |
+| face mask (registration + resampling) | {pipeline["mask"]:.2f} |
+| write-back into the original pixel data | {pipeline["write_back"]:.2f} |
+| de-identification (160 instances) | {pipeline["deid"]:.2f} |
+| **total per series** | **{pipeline["total"]:.2f}** |
+| masker load (once per worker process) | {pipeline["masker_load"]:.2f} |
 
-Peak RSS of the benchmark process: {pipeline['peak_rss_mb']:.0f} MB.
+Peak RSS of the benchmark process: {pipeline["peak_rss_mb"]:.0f} MB. `python -m bench.run --repeat {args.repeat}`,
+medians. {stamp()}
 """
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
+    write_section("ingest", ingest_text)
+    write_section("pipeline", pipeline_text)
+    print(ingest_text + "\n" + pipeline_text)
     return 0
 
 

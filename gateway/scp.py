@@ -98,8 +98,11 @@ def _check_native_pixel_length(ds: Dataset, transfer_syntax: UID) -> None:
         return
     try:
         expected_bits = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-            * int(ds.get("NumberOfFrames") or 1) * int(ds.BitsAllocated)
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel") or 1)
+            * int(ds.get("NumberOfFrames") or 1)
+            * int(ds.BitsAllocated)
         )
     except (AttributeError, TypeError, ValueError) as exc:
         raise RejectedInstance(
@@ -136,15 +139,19 @@ def handle_store(event: Event, spool: Spool) -> int:
             )
         except RejectedInstance:
             raise
-        except Exception as exc:  # noqa: BLE001 - any decoding failure means we cannot understand it
+        except Exception as exc:
             raise RejectedInstance(
-                CANNOT_UNDERSTAND, "input.undecodable", f"the data set cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})"
+                CANNOT_UNDERSTAND,
+                "input.undecodable",
+                f"the data set cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})",
             ) from exc
     except RejectedInstance as rejected:
         try:
             manifest = spool.quarantine_rejected(data, calling_ae, rejected.reason, rejected.code)
         except OSError as exc:
-            log.error("c_store_reject_not_kept", calling_ae=calling_ae, reason=rejected.reason, error=str(exc))
+            log.error(
+                "c_store_reject_not_kept", calling_ae=calling_ae, reason=rejected.reason, error=str(exc)
+            )
         else:
             log.warning(
                 "c_store_rejected",

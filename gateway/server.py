@@ -41,7 +41,9 @@ class Sealer:
             if age >= self.quiet_period_s:
                 manifest = self.spool.seal(key, self.quiet_period_s)
                 if manifest is not None:
-                    log.info("series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances)
+                    log.info(
+                        "series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances
+                    )
         dispatched = []
         for manifest in self.spool.manifests(self.spool.jobs):
             if manifest.state == JobState.sealed and self._dispatch(manifest):
@@ -78,7 +80,9 @@ class Gateway:
         self.settings = settings
         self.spool = Spool(settings.data_dir)
         self.celery = celery_app or make_app(settings, "pediface-gateway")
-        self.sealer = Sealer(self.spool, settings.series.quiet_period_s, lambda job: dispatch(self.celery, job))
+        self.sealer = Sealer(
+            self.spool, settings.series.quiet_period_s, lambda job: dispatch(self.celery, job)
+        )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
@@ -108,7 +112,7 @@ class Gateway:
         while not self._stop.wait(self.settings.series.poll_interval_s):
             try:
                 self.sealer.run_once()
-            except Exception:  # noqa: BLE001 - the loop must outlive one bad pass
+            except Exception:
                 log.exception("sealer_pass_failed")
 
     def stop(self) -> None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,12 +38,16 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
-quarantine_app = typer.Typer(help="List, inspect and retry series that were not delivered.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="List, inspect and retry series that were not delivered.", no_args_is_help=True
+)
 app.add_typer(quarantine_app, name="quarantine")
 
 ConfigOption = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="YAML settings file (default: $PEDIFACE_CONFIG, else built-in defaults)."),
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML settings file (default: $PEDIFACE_CONFIG, else built-in defaults)."
+    ),
 ]
 
 
@@ -133,7 +137,9 @@ def run(config: ConfigOption = None) -> None:
 
 @app.command()
 def deface(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="A NIfTI file or a folder of DICOM files.")],
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="A NIfTI file or a folder of DICOM files.")
+    ],
     output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output folder (created).")],
     config: ConfigOption = None,
     qc: Annotated[bool, typer.Option(help="Also write a before/after picture, qc.png.")] = True,
@@ -276,4 +282,3 @@ class _worker_process:
                 log.warning("worker_killed")
                 self.proc.kill()
                 self.proc.wait()
-

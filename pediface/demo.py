@@ -71,7 +71,9 @@ def run_demo(
         }
     )
     what, files = demo_input(work)
-    print(f"pediface demo: sending {len(files)} instances ({what}) to {settings.dicom.ae_title}@127.0.0.1:{port}")
+    print(
+        f"pediface demo: sending {len(files)} instances ({what}) to {settings.dicom.ae_title}@127.0.0.1:{port}"
+    )
     started = time.time()
     with worker_process():
         gateway = Gateway(gw_settings)

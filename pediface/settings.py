@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,9 +49,7 @@ class DicomSettings(_Section):
     require_called_ae_title: bool = Field(
         True, description="Reject associations whose called AE title is not ae_title."
     )
-    max_pdu_bytes: int = Field(
-        65536, ge=0, description="Largest PDU the SCP accepts (0 = unlimited)."
-    )
+    max_pdu_bytes: int = Field(65536, ge=0, description="Largest PDU the SCP accepts (0 = unlimited).")
     max_associations: int = Field(10, ge=1, description="Concurrent associations accepted.")
     network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
 
@@ -101,7 +99,7 @@ class WorkerSettings(_Section):
     retry_backoff_max_s: float = Field(600.0, gt=0, description="Longest delay between delivery attempts.")
 
 
-class MaskerKind(str, Enum):
+class MaskerKind(StrEnum):
     template = "template"
 
 
@@ -138,7 +136,7 @@ class DeidSettings(_Section):
     )
 
 
-class DestinationKind(str, Enum):
+class DestinationKind(StrEnum):
     folder = "folder"
     dicom = "dicom"
 
@@ -232,7 +230,7 @@ class Settings(BaseSettings):
         )
 
     @model_validator(mode="after")
-    def _absolute_data_dir(self) -> "Settings":
+    def _absolute_data_dir(self) -> Settings:
         # Worker processes may start in another directory: resolve once, here.
         self.data_dir = self.data_dir.expanduser().resolve()
         return self

@@ -33,8 +33,8 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -55,7 +55,7 @@ def series_key(calling_ae: str, study_uid: str, series_uid: str) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def fsync_dir(path: Path) -> None:
@@ -88,7 +88,7 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     fsync_dir(path.parent)
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     sealed = "sealed"  # complete, not yet handed to the broker
     dispatched = "dispatched"  # a task is queued
     processing = "processing"
@@ -118,7 +118,7 @@ class JobManifest(BaseModel):
     output_series_uid: str | None = None  # the pseudonymous UID of the delivered series
     history: list[StateChange] = Field(default_factory=list)
 
-    def to(self, state: JobState, note: str = "") -> "JobManifest":
+    def to(self, state: JobState, note: str = "") -> JobManifest:
         self.state = state
         self.history.append(StateChange(state=state, at=utcnow(), note=note))
         return self
@@ -225,7 +225,12 @@ class Spool:
         (job_dir / "instances").mkdir(parents=True)
         atomic_write(job_dir / "instances" / "rejected.dcm", data, self.tmp)
         manifest = JobManifest(
-            job_id=job_id, series_key="", calling_ae=calling_ae, n_instances=1, reason=reason, reason_code=code
+            job_id=job_id,
+            series_key="",
+            calling_ae=calling_ae,
+            n_instances=1,
+            reason=reason,
+            reason_code=code,
         ).to(JobState.quarantined, reason)
         self._write_manifest(job_dir, manifest)
         return manifest

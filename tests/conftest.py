@@ -40,7 +40,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -68,7 +70,9 @@ class Processes:
         self.log_dir = log_dir
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
@@ -76,7 +80,9 @@ class Processes:
         self.procs.append((name, proc))
         return proc
 
-    def pediface(self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    def pediface(
+        self, name: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         return self.start(name, [sys.executable, "-m", "pediface", *args], env=env, cwd=cwd)
 
     def log(self, name: str) -> str:
@@ -86,7 +92,7 @@ class Processes:
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
-        for name, proc in reversed(self.procs):
+        for _name, proc in reversed(self.procs):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

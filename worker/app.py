@@ -65,6 +65,6 @@ def process_series(self: Task, job_id: str) -> str:
         outcome = runner().run(job_id)
     except RetryableError as exc:
         settings = runner().settings.worker
-        delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2 ** self.request.retries)
+        delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2**self.request.retries)
         raise self.retry(exc=exc, countdown=delay * random.uniform(0.5, 1.0)) from exc
     return outcome.state

@@ -86,7 +86,9 @@ class JobRunner:
                         manifest, f"not delivered after {manifest.attempts} attempts: {exc}", exc.code
                     )
                 self.spool.save(manifest.to(JobState.dispatched, f"will retry: {exc}"))
-                log.warning("delivery_failed_will_retry", job=job_id, attempt=manifest.attempts, error=str(exc))
+                log.warning(
+                    "delivery_failed_will_retry", job=job_id, attempt=manifest.attempts, error=str(exc)
+                )
                 raise
             except Exception as exc:  # noqa: BLE001 - fail closed: anything unexpected is quarantined
                 log.error("job_internal_error", job=job_id, error=traceback.format_exc())

@@ -70,7 +70,9 @@ def _deface_dicom(folder: Path, output: Path, masker, settings: Settings, qc: bo
     datasets = read_instances(files)
     series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(series) != 1:
-        raise InputError(f"{folder} holds {len(series)} series; give one series per folder", code="input.series")
+        raise InputError(
+            f"{folder} holds {len(series)} series; give one series per folder", code="input.series"
+        )
     result = deface_series(
         datasets,
         masker,
@@ -83,7 +85,9 @@ def _deface_dicom(folder: Path, output: Path, masker, settings: Settings, qc: bo
         target = output / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(target, enforce_file_format=True)
         written.append(target)
-    written.append(_write_image(result.mask.labels, result.before.to_sitk(dtype=None), output / "face_mask.nii.gz"))
+    written.append(
+        _write_image(result.mask.labels, result.before.to_sitk(dtype=None), output / "face_mask.nii.gz")
+    )
     if qc:
         written.append(_qc(result.before, result.after.array, result.mask, output / "qc.png"))
     return written

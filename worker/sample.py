@@ -34,7 +34,7 @@ def write_sample_series(template: Path, out_dir: Path, spacing_mm: float = 2.0) 
     ]
     local = np.array(corners) @ direction  # coordinates along row, column, normal
     low, high = local.min(axis=0), local.max(axis=0)
-    size = [int(np.ceil((h - lo) / spacing_mm)) + 1 for lo, h in zip(low, high)]
+    size = [int(np.ceil((h - lo) / spacing_mm)) + 1 for lo, h in zip(low, high, strict=False)]
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetSpacing((spacing_mm,) * 3)
     grid.SetDirection(tuple(direction.ravel()))

@@ -65,7 +65,7 @@ class Volume:
         z, y, x = self.array.shape
         return (z, y, x)
 
-    def to_sitk(self, dtype: np.dtype | type | None = np.float32) -> "sitk.Image":
+    def to_sitk(self, dtype: np.dtype | type | None = np.float32) -> sitk.Image:
         """The volume as a SimpleITK image (a copy; ``dtype=None`` keeps the array's type)."""
         import SimpleITK as sitk
 
@@ -77,7 +77,7 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image: "sitk.Image") -> "Volume":
+    def from_sitk(cls, image: sitk.Image) -> Volume:
         """A volume from a 3D scalar SimpleITK image (its physical space is taken as LPS)."""
         import SimpleITK as sitk
 

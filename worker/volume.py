@@ -49,7 +49,9 @@ def read_instances(paths: Sequence[Path]) -> list[Dataset]:
         try:
             datasets.append(dcmread(path))
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            raise InputError(f"{path.name} is not a readable DICOM file: {exc}", code="input.unreadable") from exc
+            raise InputError(
+                f"{path.name} is not a readable DICOM file: {exc}", code="input.unreadable"
+            ) from exc
     if not datasets:
         raise InputError("the series has no instances", code="input.empty")
     return datasets
@@ -90,7 +92,9 @@ def frame_geometries(datasets: Sequence[Dataset]) -> list[FrameGeometry]:
                     )
                 groups = per_frame[frame]
 
-                def find(sequence: str, attribute: str, groups: Dataset = groups) -> object:
+                def find(
+                    sequence: str, attribute: str, groups: Dataset = groups, shared: Dataset = shared
+                ) -> object:
                     value = _nested(groups, sequence, attribute)
                     return value if value is not None else _nested(shared, sequence, attribute)
 
@@ -117,8 +121,14 @@ def frame_geometries(datasets: Sequence[Dataset]) -> list[FrameGeometry]:
                 )
             iop = _floats(orientation, 6, "ImageOrientationPatient")
             row, col = iop[:3], iop[3:]
-            if abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01 or abs(row @ col) > 0.01:
-                raise InputError("ImageOrientationPatient is not two orthonormal vectors", code="input.geometry")
+            if (
+                abs(np.linalg.norm(row) - 1) > 0.01
+                or abs(np.linalg.norm(col) - 1) > 0.01
+                or abs(row @ col) > 0.01
+            ):
+                raise InputError(
+                    "ImageOrientationPatient is not two orthonormal vectors", code="input.geometry"
+                )
             ps = _floats(spacing, 2, "PixelSpacing")
             if np.any(ps <= 0):
                 raise InputError("PixelSpacing must be positive", code="input.geometry")
@@ -177,7 +187,9 @@ def stack_frames(frames: Sequence[FrameGeometry]) -> tuple[list[FrameGeometry], 
     # Positions must step along the normal; a sideways drift means gantry tilt / shear.
     drift = (offsets[-1] - offsets[0]) * normal - (ordered[-1].position - ordered[0].position)
     if np.linalg.norm(drift) > 0.01 * abs(offsets[-1] - offsets[0]) + 0.1:
-        raise InputError("slices are sheared (gantry tilt): positions do not follow the slice normal", code="input.tilt")
+        raise InputError(
+            "slices are sheared (gantry tilt): positions do not follow the slice normal", code="input.tilt"
+        )
     return ordered, spacing
 
 
@@ -187,7 +199,7 @@ def frame_pixels(ds: Dataset) -> np.ndarray:
         raise InputError("colour images cannot be defaced", code="input.colour")
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the input
+    except Exception as exc:
         raise InputError(f"pixel data cannot be decoded: {exc}", code="input.pixels") from exc
     if pixels.ndim == 2:
         pixels = pixels[np.newaxis]

@@ -36,7 +36,9 @@ def _stored_frames(ds: Dataset) -> np.ndarray:
                 f"Pixel Data holds {len(raw)} bytes, {expected} expected for {n_frames}x{rows}x{cols}",
                 code="input.pixels",
             )
-        return np.frombuffer(raw, dtype=dtype, count=rows * cols * n_frames).reshape(n_frames, rows, cols).copy()
+        return (
+            np.frombuffer(raw, dtype=dtype, count=rows * cols * n_frames).reshape(n_frames, rows, cols).copy()
+        )
     frames = frame_pixels(ds)
     return frames.astype(frames.dtype.newbyteorder("<"), copy=True)
 

@@ -60,7 +60,7 @@ def ball(image: sitk.Image, centre: np.ndarray, radius_mm: float) -> np.ndarray:
     local = direction.T @ (np.asarray(centre) - np.asarray(image.GetOrigin()))
     squares = [
         ((np.arange(n) * s - c) ** 2).astype(np.float32)
-        for n, s, c in zip(image.GetSize(), image.GetSpacing(), local)
+        for n, s, c in zip(image.GetSize(), image.GetSpacing(), local, strict=False)
     ]
     dx, dy, dz = squares
     return (dz[:, None, None] + dy[None, :, None] + dx[None, None, :]) < radius_mm**2
@@ -80,7 +80,9 @@ def assert_defaced_deidentified(original: list[Path], output: list[Path]) -> dic
         assert not new & old, f"{keyword} was not replaced"
     old_sops = {str(ds.SOPInstanceUID) for ds in before}
     new_sops = {str(ds.SOPInstanceUID) for ds in after}
-    assert len(new_sops) == len(after) and not new_sops & old_sops, "SOP Instance UIDs not replaced one to one"
+    assert len(new_sops) == len(after) and not new_sops & old_sops, (
+        "SOP Instance UIDs not replaced one to one"
+    )
     for ds in after:
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
 
@@ -98,7 +100,10 @@ def assert_defaced_deidentified(original: list[Path], output: list[Path]) -> dic
 
     # Geometry unchanged, instance by instance.
     def geometry(ds: pydicom.Dataset) -> tuple:
-        return (tuple(float(v) for v in ds.ImagePositionPatient), tuple(float(v) for v in ds.ImageOrientationPatient))
+        return (
+            tuple(float(v) for v in ds.ImagePositionPatient),
+            tuple(float(v) for v in ds.ImageOrientationPatient),
+        )
 
     assert sorted(map(geometry, before)) == sorted(map(geometry, after)), "geometry changed"
 

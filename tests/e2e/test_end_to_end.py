@@ -35,7 +35,11 @@ def redis_available() -> bool:
 
 
 def write_config(path: Path, data_dir: Path, port: int, **sections: dict) -> Path:
-    config = {"data_dir": str(data_dir), "dicom": {"port": port}, "series": {"quiet_period_s": 3, "poll_interval_s": 0.5}}
+    config = {
+        "data_dir": str(data_dir),
+        "dicom": {"port": port},
+        "series": {"quiet_period_s": 3, "poll_interval_s": 0.5},
+    }
     config.update(sections)
     path.write_text(yaml.safe_dump(config))
     return path

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import warnings
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,12 +37,29 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, list[str]]]:
 
 
 def storescu(gw: Gateway, *files: Path, called: str = "PEDIFACE") -> subprocess.CompletedProcess:
-    argv = [need_tool("storescu"), "-v", "-aet", "TESTPACS", "-aec", called, "127.0.0.1", str(gw.settings.dicom.port)]
+    argv = [
+        need_tool("storescu"),
+        "-v",
+        "-aet",
+        "TESTPACS",
+        "-aec",
+        called,
+        "127.0.0.1",
+        str(gw.settings.dicom.port),
+    ]
     return subprocess.run([*argv, *map(str, files)], capture_output=True, text=True, timeout=120)
 
 
 def echoscu(gw: Gateway, called: str = "PEDIFACE") -> subprocess.CompletedProcess:
-    argv = [need_tool("echoscu"), "-aet", "TESTPACS", "-aec", called, "127.0.0.1", str(gw.settings.dicom.port)]
+    argv = [
+        need_tool("echoscu"),
+        "-aet",
+        "TESTPACS",
+        "-aec",
+        called,
+        "127.0.0.1",
+        str(gw.settings.dicom.port),
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
@@ -142,4 +159,3 @@ def test_gateway_imports_neither_torch_nor_the_pipeline() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-

@@ -64,7 +64,9 @@ def test_documented_defaults_file_is_current() -> None:
     )
 
 
-def test_documented_defaults_file_loads_to_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_documented_defaults_file_loads_to_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)  # data_dir is relative: compare in the same directory
     assert load_settings(REPO / "config" / "pediface.yaml") == Settings()
 
@@ -88,6 +90,10 @@ def test_readme_documents_every_option() -> None:
     missing = []
     for name, info in Settings.model_fields.items():
         section = info.get_default(call_default_factory=True)
-        names = [f"{name}.{sub}" for sub in type(section).model_fields] if isinstance(section, BaseModel) else [name]
+        names = (
+            [f"{name}.{sub}" for sub in type(section).model_fields]
+            if isinstance(section, BaseModel)
+            else [name]
+        )
         missing += [n for n in names if f"`{n}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"

@@ -91,7 +91,10 @@ def test_quarantine_retry_and_finish(spool: Spool) -> None:
     done = spool.load(manifest.job_id)
     assert done.state == JobState.sent and done.n_sent == 1 and done.reason is None
     assert [h.state for h in done.history] == [
-        JobState.sealed, JobState.quarantined, JobState.sealed, JobState.sent
+        JobState.sealed,
+        JobState.quarantined,
+        JobState.sealed,
+        JobState.sent,
     ]
 
 
