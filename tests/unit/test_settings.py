@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -15,9 +16,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("PEDIFACE_"):
             monkeypatch.delenv(name)
+    # load_settings() exports the file it read; an empty value is restored to "unset" after each test.
+    monkeypatch.setenv(CONFIG_ENV, "")
 
 
 def test_defaults_need_no_file_and_no_redis() -> None:
@@ -37,8 +40,6 @@ def test_yaml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.dicom.port == 5151  # the environment wins over the file
     assert settings.dicom.ae_title == "SITEGW"
     assert settings.broker.url == "redis://127.0.0.1:6379/3" and not settings.embedded_broker
-    import os
-
     assert os.environ[CONFIG_ENV] == str(config.resolve())  # worker children read the same file
 
 
