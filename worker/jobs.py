@@ -48,7 +48,7 @@ class JobRunner:
         self.spool = Spool(settings.data_dir)
         self._masker_factory = masker_factory
         self._masker: FaceMasker | None = None
-        self.policy = DeidPolicy.from_names(settings.deid.options)
+        self.policy = DeidPolicy.from_settings(settings.deid)
         self._key = settings.deid_key()
 
     @property
@@ -130,7 +130,7 @@ class JobRunner:
             masker=result.mask.masker,
             voxels_blanked=result.blanked_voxels,
             seconds=round(time.monotonic() - started, 1),
-            **{k: v for k, v in result.mask.details.items() if isinstance(v, (int, float))},
+            **{f"mask_{k}": v for k, v in result.mask.details.items() if isinstance(v, (int, float))},
         )
         self._write_qc(job_id, result)
         partial = out.with_name("out.partial")

