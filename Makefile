@@ -20,11 +20,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[worker,test]"
 	touch $@
 
-# dcmtk: the DICOM peers of the tests (storescu, storescp, echoscu).
+# dcmtk: the DICOM peers of the tests (storescu, storescp, echoscu); openssl for the TLS test;
+# docker-compose (the client only) to validate docker-compose.yml; redis-server for the fault tests.
+# dicom3tools: dciodvfy checks de-identified output against the IODs.
+SYSTEM_TOOLS := storescu storescp echoscu openssl docker-compose redis-server dciodvfy
 system-deps:
-	@command -v storescu >/dev/null && command -v storescp >/dev/null || { \
-	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends dcmtk; }
+	@missing=0; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	[ $$missing = 0 ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    dcmtk openssl docker-compose redis-server dicom3tools; }
 
 # The Redis end-to-end test needs a server on 127.0.0.1:6379 (the embedded default does not).
 redis:
@@ -44,6 +48,7 @@ test-fast: setup
 	$(BIN)/pytest -m "not e2e"
 
 bench: setup system-deps
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
 	$(BIN)/python -m bench.run
 
 lint: setup

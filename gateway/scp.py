@@ -12,14 +12,18 @@ pixel data missing), ``0xC210`` cannot understand (undecodable data set).
 
 from __future__ import annotations
 
+import ssl
+
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.events import Event
 
+from gateway.access import AccessPolicy
+from gateway.status import INSTANCES
 from pediface.logs import get_logger
-from pediface.settings import DicomSettings
+from pediface.settings import DicomSettings, TlsSettings
 from pediface.spool import Spool, SpoolError, is_valid_uid, series_key
 
 log = get_logger("pediface.gateway.scp")
@@ -65,6 +69,20 @@ def build_ae(settings: DicomSettings) -> AE:
     for sop_class in ACCEPTED_SOP_CLASSES:
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """Server-side TLS context: TLS 1.2+, client certificates required when a CA is given."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=tls.certificate, keyfile=tls.private_key)
+        if tls.client_ca is not None:
+            context.load_verify_locations(cafile=tls.client_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"DICOM TLS files cannot be used: {exc}") from exc
+    return context
 
 
 def check_instance(ds: Dataset, transfer_syntax: UID, affected_sop_uid: str | None) -> tuple[str, str, str]:
@@ -129,6 +147,7 @@ def handle_store(event: Event, spool: Spool) -> int:
         data = event.encoded_dataset(include_meta=True)
     except Exception as exc:  # noqa: BLE001 - pynetdicom could not even re-encode the bytes
         log.error("c_store_unreadable", calling_ae=calling_ae, error=str(exc))
+        INSTANCES.labels("rejected").inc()
         return CANNOT_UNDERSTAND
     try:
         try:
@@ -146,6 +165,7 @@ def handle_store(event: Event, spool: Spool) -> int:
                 f"the data set cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})",
             ) from exc
     except RejectedInstance as rejected:
+        INSTANCES.labels("rejected").inc()
         try:
             manifest = spool.quarantine_rejected(data, calling_ae, rejected.reason, rejected.code)
         except OSError as exc:
@@ -166,10 +186,16 @@ def handle_store(event: Event, spool: Spool) -> int:
         stored = spool.store_instance(key, calling_ae, sop_uid, data)
     except SpoolError as exc:
         log.error("c_store_spool_failed", calling_ae=calling_ae, series=key, error=str(exc))
+        INSTANCES.labels("spool_error").inc()
         return OUT_OF_RESOURCES
+    INSTANCES.labels("stored" if stored else "duplicate").inc()
     log.debug("c_store", calling_ae=calling_ae, series=key, duplicate=not stored, bytes=len(data))
     return SUCCESS
 
 
-def handlers(spool: Spool) -> list:
-    return [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, handle_store, [spool])]
+def handlers(spool: Spool, access: AccessPolicy) -> list:
+    return [
+        (evt.EVT_REQUESTED, access.on_requested),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [spool]),
+    ]

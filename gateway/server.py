@@ -13,8 +13,10 @@ from collections.abc import Callable
 import pydicom.config
 from celery import Celery
 
-from gateway.scp import build_ae, handlers
-from pediface.broker import dispatch, make_app
+from gateway.access import AccessPolicy
+from gateway.scp import build_ae, handlers, tls_context
+from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
+from pediface.broker import dispatch, make_app, queue_depth
 from pediface.logs import get_logger
 from pediface.settings import Settings
 from pediface.spool import JobManifest, JobState, Spool
@@ -41,6 +43,7 @@ class Sealer:
             if age >= self.quiet_period_s:
                 manifest = self.spool.seal(key, self.quiet_period_s)
                 if manifest is not None:
+                    SERIES_SEALED.inc()
                     log.info(
                         "series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances
                     )
@@ -66,8 +69,10 @@ class Sealer:
         try:
             self.send(manifest.job_id)
         except Exception as exc:  # noqa: BLE001 - broker down: keep the job sealed and try next pass
+            DISPATCHES.labels("failed").inc()
             log.error("dispatch_failed", job=manifest.job_id, error=str(exc))
             return False
+        DISPATCHES.labels("ok").inc()
         self.spool.save(manifest.to(JobState.dispatched))
         log.info("job_dispatched", job=manifest.job_id)
         return True
@@ -86,6 +91,8 @@ class Gateway:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._server = None
+        self.status: StatusServer | None = None
+        self._collector: SpoolCollector | None = None
 
     def start(self) -> None:
         dicom = self.settings.dicom
@@ -95,10 +102,19 @@ class Gateway:
         self.sealer.recover(redispatch_inflight=self.settings.embedded_broker)
         ae = build_ae(dicom)
         self._server = ae.start_server(
-            (dicom.host, dicom.port), block=False, evt_handlers=handlers(self.spool)
+            (dicom.host, dicom.port),
+            block=False,
+            evt_handlers=handlers(self.spool, AccessPolicy(dicom.peers)),
+            ssl_context=tls_context(dicom.tls) if dicom.tls else None,
         )
         self._thread = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)
         self._thread.start()
+        metrics = self.settings.metrics
+        if metrics.port:
+            self._collector = SpoolCollector(self.spool, lambda: queue_depth(self.settings))
+            REGISTRY.register(self._collector)
+            self.status = StatusServer(metrics.host, metrics.port, self.ready)
+            self.status.start()
         log.info(
             "gateway_listening",
             ae_title=dicom.ae_title,
@@ -106,6 +122,7 @@ class Gateway:
             port=dicom.port,
             spool=str(self.spool.root),
             broker="embedded" if self.settings.embedded_broker else "external",
+            tls=dicom.tls is not None,
         )
 
     def _seal_loop(self) -> None:
@@ -115,8 +132,18 @@ class Gateway:
             except Exception:
                 log.exception("sealer_pass_failed")
 
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the SCP is listening and the spool can take a file."""
+        if self._server is None or self._stop.is_set():
+            return False, "SCP not listening"
+        return spool_writable(self.spool)
+
     def stop(self) -> None:
         self._stop.set()
+        if self.status is not None:
+            self.status.stop()
+        if self._collector is not None:
+            REGISTRY.unregister(self._collector)
         if self._server is not None:
             self._server.shutdown()
         if self._thread is not None:

@@ -64,3 +64,20 @@ def make_app(settings: Settings, name: str = "pediface") -> Celery:
 def dispatch(app: Celery, job_id: str) -> None:
     """Queue the processing of one sealed job. The argument is an opaque id: no PHI on the broker."""
     app.send_task(PROCESS_SERIES, args=[job_id])
+
+
+def queue_depth(settings: Settings) -> int | None:
+    """Tasks waiting in the queue, or ``None`` when the broker cannot be asked."""
+    try:
+        if settings.embedded_broker:
+            folder = settings.data_dir / "broker" / "queue"
+            suffix = f".{settings.worker.queue}.msg"  # kombu names messages <ms>_<uuid>.<queue>.msg
+            return sum(1 for entry in folder.iterdir() if entry.name.endswith(suffix))
+        if settings.broker.url and settings.broker.url.startswith(("redis://", "rediss://")):
+            import redis
+
+            client = redis.Redis.from_url(settings.broker.url, socket_timeout=2)
+            return int(client.llen(settings.worker.queue))
+    except Exception:  # noqa: BLE001 - a metric must never break the scrape
+        return None
+    return None

@@ -7,6 +7,7 @@ the subcommands that need them, so ``pediface gateway`` never loads torch.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -103,15 +104,22 @@ def worker(config: ConfigOption = None) -> None:
     (redis://...) start as many workers on as many machines as needed; they must share data_dir.
     """
     settings = _settings(config)
-    from worker.app import configure
+    from worker.app import configure, runner
 
     celery_app = configure(settings)
+    try:
+        # Fail at start, loudly, rather than on the first series: bad key, options or model.
+        runner().masker  # noqa: B018 - builds and checks the masker now
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"pediface worker: cannot start: {exc}", err=True)
+        raise typer.Exit(2) from exc
     argv = [
         "worker",
         f"--concurrency={settings.worker.concurrency}",
         f"--queues={settings.worker.queue}",
         f"--loglevel={settings.log_level}",
-        "--hostname=pediface@%h",
+        # One node name per process: several workers on one host (systemd instances) stay apart.
+        f"--hostname=pediface-{os.getpid()}@%h",
         "--without-gossip",
         "--without-mingle",
     ]
@@ -128,11 +136,15 @@ def run(config: ConfigOption = None) -> None:
     from gateway.server import Gateway
 
     settings = _settings(config)
-    with _worker_process():
+    with _worker_process() as worker_proc:
         gw = Gateway(settings)
         gw.start()
-        _wait_for_signal()
+        _wait_for_signal(worker_proc)
         gw.stop()
+    if worker_proc.returncode not in (0, -signal.SIGTERM):
+        # The worker died on its own: stop too, so that a supervisor restarts both.
+        typer.echo(f"pediface run: the worker exited with status {worker_proc.returncode}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -233,6 +245,32 @@ def quarantine_retry(job_id: str, config: ConfigOption = None) -> None:
         typer.echo(f"{job_id} queued; the gateway will dispatch it ({exc})")
 
 
+@quarantine_app.command("purge")
+def quarantine_purge(
+    job_ids: Annotated[list[str], typer.Argument(metavar="JOB...", help="Quarantined job ids.")],
+    config: ConfigOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete (the files are gone for good).")] = False,
+) -> None:
+    """Delete quarantined jobs and their files, after they were dealt with."""
+    from pediface.spool import Spool
+
+    settings = _settings(config)
+    if not yes:
+        typer.echo("pediface: purge deletes the received files for good; add --yes to confirm", err=True)
+        raise typer.Exit(2)
+    spool = Spool(settings.data_dir)
+    status = 0
+    for job_id in job_ids:
+        try:
+            spool.purge(job_id)
+            get_logger("pediface").info("job_purged", job=job_id)
+            typer.echo(f"{job_id} purged")
+        except FileNotFoundError as exc:
+            typer.echo(f"pediface: {exc}", err=True)
+            status = 2
+    raise typer.Exit(status)
+
+
 @app.command("config")
 def show_config(
     config: ConfigOption = None,
@@ -252,7 +290,8 @@ def show_config(
     typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(child: subprocess.Popen | None = None) -> None:
+    """Block until SIGTERM/SIGINT, or until ``child`` exits."""
     stop = False
 
     def handler(signum: int, frame: object) -> None:
@@ -261,7 +300,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    while not stop:
+    while not stop and (child is None or child.poll() is None):
         time.sleep(0.2)
 
 

@@ -37,6 +37,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PeerSettings(_Section):
+    """One sender allowed to associate: its calling AE title and where it may connect from."""
+
+    ae_title: str = Field(description="Calling AE title of the PACS, router or scanner.")
+    hosts: list[str] = Field(
+        description="Addresses it connects from: IP addresses, CIDR networks or host names (resolved at start).",
+        min_length=1,
+    )
+    max_associations: int = Field(4, ge=1, description="Associations it may hold open at once.")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _valid_ae(cls, value: str) -> str:
+        return _check_ae_title(value)
+
+
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 Annex B) for the SCP."""
+
+    certificate: Path = Field(description="PEM certificate (chain) the SCP presents.")
+    private_key: Path = Field(description="PEM private key of that certificate. Keep it readable by pediface only.")
+    client_ca: Path | None = Field(
+        None, description="PEM CA bundle. Set: peers must present a certificate signed by it (mutual TLS)."
+    )
+
+
 class DicomSettings(_Section):
     """The Storage SCP that PACS and scanners send to."""
 
@@ -50,7 +76,15 @@ class DicomSettings(_Section):
         True, description="Reject associations whose called AE title is not ae_title."
     )
     max_pdu_bytes: int = Field(65536, ge=0, description="Largest PDU the SCP accepts (0 = unlimited).")
-    max_associations: int = Field(10, ge=1, description="Concurrent associations accepted.")
+    max_associations: int = Field(10, ge=1, description="Concurrent associations accepted in all.")
+    tls: TlsSettings | None = Field(
+        None, description="DICOM TLS: certificate, private_key, client_ca. Empty: plain TCP."
+    )
+    peers: list[PeerSettings] = Field(
+        default_factory=list,
+        description="Senders allowed to associate (ae_title, hosts, max_associations). Empty: any calling AE "
+        "title from any address, which is only safe on 127.0.0.1 or a closed network.",
+    )
     network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
 
     @field_validator("ae_title")
@@ -69,6 +103,13 @@ class SeriesSettings(_Section):
         "(Orthanc's StableAge, mercure's series_complete_trigger).",
     )
     poll_interval_s: float = Field(1.0, gt=0, description="How often the gateway checks for complete series.")
+
+
+class MetricsSettings(_Section):
+    """The gateway's HTTP endpoints: /healthz, /readyz and Prometheus /metrics."""
+
+    host: str = Field("127.0.0.1", description="Address of the HTTP endpoints (0.0.0.0 in containers).")
+    port: int = Field(9102, ge=0, le=65535, description="Port of the HTTP endpoints; 0 turns them off.")
 
 
 class BrokerSettings(_Section):
@@ -134,6 +175,24 @@ class DeidSettings(_Section):
         description="File holding the key. Empty: <data_dir>/secrets/deid.key, created (mode 0600) on "
         "first use.",
     )
+    patient_id_lookup: Path | None = Field(
+        None,
+        description="CSV file with a header line and the columns original_patient_id,research_id: a "
+        "patient listed there gets its research_id as PatientID and PatientName instead of the keyed "
+        "pseudonym. Read when a worker starts. Empty: keyed pseudonyms only.",
+    )
+    require_lookup: bool = Field(
+        False,
+        description="Quarantine a series whose PatientID is not in patient_id_lookup instead of giving it "
+        "the keyed pseudonym; the reason names a short keyed hash of the PatientID, never the ID. Needs "
+        "patient_id_lookup.",
+    )
+
+    @model_validator(mode="after")
+    def _lookup_for_require(self) -> DeidSettings:
+        if self.require_lookup and self.patient_id_lookup is None:
+            raise ValueError("deid.require_lookup needs deid.patient_id_lookup (the CSV file)")
+        return self
 
 
 class DestinationKind(StrEnum):
@@ -203,6 +262,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     series: SeriesSettings = Field(default_factory=SeriesSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     deface: DefaceSettings = Field(default_factory=DefaceSettings)

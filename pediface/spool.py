@@ -140,9 +140,26 @@ class Spool:
         self.quarantine_dir = self.root / "quarantine"
         for folder in (self.tmp, self.incoming, self.jobs, self.done, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temp_files()
         # Serialises "file lands in incoming/<key>" against "incoming/<key> is sealed",
         # both of which happen in the gateway process.
         self._seal_lock = threading.Lock()
+
+    def _remove_stale_temp_files(self, older_than_s: float = 3600.0) -> None:
+        """Half-written files of a process that died; young ones may belong to a live process."""
+        cutoff = time.time() - older_than_s
+        for entry in os.scandir(self.tmp):
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+    def purge(self, job_id: str) -> None:
+        """Delete a quarantined job for good (its files included)."""
+        target = self.quarantine_dir / job_id
+        if not _JOB_ID.match(job_id) or not (target / "job.json").is_file():
+            raise FileNotFoundError(f"no quarantined job {job_id}")
+        shutil.rmtree(target)
+        fsync_dir(self.quarantine_dir)
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ def _deface_dicom(folder: Path, output: Path, masker, settings: Settings, qc: bo
     result = deface_series(
         datasets,
         masker,
-        DeidPolicy.from_names(settings.deid.options),
+        DeidPolicy.from_settings(settings.deid),
         settings.deid_key(),
         remove_ears=settings.deface.remove_ears,
     )

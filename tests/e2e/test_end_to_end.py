@@ -84,7 +84,7 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
     )
     wait_for_port(archive_port, proc=archive)
     gateway = processes.pediface("gateway", "gateway", env=env)
-    processes.pediface("worker", "worker", env=env)
+    worker = processes.pediface("worker", "worker", env=env)
     wait_for_port(gateway_port, proc=gateway)
 
     started = time.monotonic()
@@ -93,6 +93,7 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
     originals = sorted(UIH.glob("*.dcm"))
 
     def delivered() -> list[Path]:
+        assert worker.poll() is None, f"the worker exited: {processes.log('worker')[-3000:]}"
         jobs = finished_jobs(data_dir)
         assert not any(job["state"] == "quarantined" for job in jobs), jobs
         files = sorted(archive_dir.glob("MR.*"))
@@ -123,6 +124,7 @@ def test_embedded_default_needs_no_redis(tmp_path: Path, processes: Processes) -
     originals = sorted(UIH.glob("*.dcm"))
 
     def delivered() -> list[Path]:
+        assert run.poll() is None, f"pediface run exited: {processes.log('run')[-3000:]}"
         jobs = finished_jobs(data_dir)
         assert not any(job["state"] == "quarantined" for job in jobs), jobs
         if not any(job["state"] == "sent" for job in jobs):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 import subprocess
 import sys
 import warnings
@@ -27,6 +29,7 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, list[str]]]:
         data_dir=tmp_path / "data",
         dicom={"port": free_port()},
         series={"quiet_period_s": 1.0, "poll_interval_s": 0.2},
+        metrics={"port": free_port()},
     )
     gw = Gateway(settings)
     dispatched: list[str] = []
@@ -159,3 +162,27 @@ def test_gateway_imports_neither_torch_nor_the_pipeline() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_health_readiness_and_metrics(gateway: tuple[Gateway, list[str]]) -> None:
+    need_shared(UIH)
+    gw, dispatched = gateway
+    base = f"http://127.0.0.1:{gw.settings.metrics.port}"
+    assert urllib.request.urlopen(f"{base}/healthz", timeout=5).read() == b"ok\n"
+    assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
+    assert storescu(gw, *sorted(UIH.glob("*.dcm"))[:3]).returncode == 0
+    wait_until(lambda: dispatched, 30, "the series to be dispatched")
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    assert 'pediface_instances_received_total{outcome="stored"}' in text
+    assert 'pediface_jobs{state="dispatched"} 1.0' in text
+    assert "pediface_queue_depth" in text and "pediface_open_series 0.0" in text
+    # Readiness follows the spool: a spool that cannot take files is not ready.
+    aside = gw.spool.tmp.with_name("tmp-aside")
+    gw.spool.tmp.rename(aside)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(f"{base}/readyz", timeout=5)
+        assert error.value.code == 503 and b"spool not writable" in error.value.read()
+    finally:
+        aside.rename(gw.spool.tmp)
+    assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200

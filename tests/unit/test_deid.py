@@ -11,16 +11,23 @@ from pathlib import Path
 import pydicom
 import pydicom.examples
 import pytest
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
 from pydicom.sequence import Sequence
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from pediface.errors import DeidentificationError
 from worker.deid import DeidOption, DeidPolicy, deidentify, pseudonymise, remap_uid
-from worker.deid.actions import Action, basic_element_action, basic_sequence_action, shift_da, shift_dt
+from worker.deid.actions import (
+    Action,
+    basic_element_action,
+    basic_sequence_action,
+    combined_action,
+    shift_da,
+    shift_dt,
+)
+from worker.deid.canary import build_canaries
+from worker.deid.iod import NOT_IN_IOD, attribute_types
 from worker.deid.table import profile_table, safe_private_table
 
 KEY = b"pediface-unit-test-key-0123456789"
@@ -89,187 +96,31 @@ def test_vendored_tables_are_unmodified_copies(name: str) -> None:
         ("X/Z/U*", Action.REMAP_UID, Action.KEEP),
     ],
 )
-def test_combined_codes_keep_the_attribute_present(code: str, element: Action, sequence: Action) -> None:
+def test_combined_codes_keep_the_attribute_present_without_an_iod(
+    code: str, element: Action, sequence: Action
+) -> None:
     assert basic_element_action(code) is element
     assert basic_sequence_action(code) is sequence
 
 
-# The canary test: nothing the table lists survives the Basic profile ------------------------------
+# Private attributes and the input ------------------------------------------------------------------
 
 
-def _canary_value(vr: str, n: int) -> tuple[object, bytes | None]:
-    """A value for `vr` that is unique to `n`, and the bytes that show it in a written file.
-
-    None for the bytes means the value cannot be searched for reliably (binary numbers); those
-    are checked on the re-read dataset instead.
-    """
-    text = f"CNRY{n:04d}"
-    if vr in {"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE"}:
-        return text, text.encode()
-    if vr == "PN":
-        return f"{text}^Canary", text.encode()
-    if vr == "UR":
-        return f"http://{text}.example", text.encode()
-    if vr == "UI":
-        uid = f"1.999.9.{10000 + n}"
-        return uid, uid.encode()
-    if vr == "DA":
-        day = datetime.date(1950, 1, 1) + datetime.timedelta(days=n)
-        return day.strftime("%Y%m%d"), day.strftime("%Y%m%d").encode()
-    if vr == "DT":
-        day = datetime.date(1950, 1, 1) + datetime.timedelta(days=n)
-        value = day.strftime("%Y%m%d") + "121314"
-        return value, value.encode()
-    if vr == "TM":
-        value = f"121314.{n:06d}"
-        return value, value.encode()
-    if vr == "DS":
-        value = f"7.{n:06d}E7"
-        return value, value.encode()
-    if vr == "IS":
-        value = f"+{7_000_000 + n}"
-        return value, value.encode()
-    if vr == "AS":
-        value = f"{n % 1000:03d}Y"
-        return value, value.encode()
-    if vr in {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}:
-        return text.encode(), text.encode()
-    if vr in {"US", "SS", "UL", "SL", "SV", "UV"}:
-        return 1000 + n % 30000, None
-    if vr in {"FL", "FD"}:
-        return 1000.5 + n, None
-    raise LookupError(vr)
-
-
-def _encodable(elem: DataElement) -> bool:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    try:
-        write_data_element(buffer, elem)
-    except Exception:  # noqa: BLE001 - whatever pydicom refuses to encode is left out of the test
-        return False
-    return True
-
-
-def _canary_item(n: int) -> Dataset:
-    """A sequence item with canaries in listed attributes, a private block and a deeper item."""
-    item = Dataset()
-    item.InstitutionName = f"CNRY{n:04d}"
-    item.ReferencedSOPInstanceUID = f"1.999.8.{10000 + n}"
-    item.add_new(0x00290010, "LO", f"CNRYCREATOR{n:04d}")
-    item.add_new(0x00291001, "LO", f"CNRYPRIV{n:04d}")
-    inner = Dataset()
-    inner.PatientBirthDate = "19470203"
-    inner.add_new(0x00330010, "LO", "CNRYINNERCREATOR")
-    item.DerivationCodeSequence = Sequence([inner])  # unlisted: its items are walked anyway
-    return item
-
-
-def _canary_dataset() -> tuple[Dataset, dict[int, bytes], dict[int, object]]:
-    """pydicom's example MR with a canary in every table attribute pydicom can encode."""
-    ds = mr()
-    searchable: dict[int, bytes] = {}
-    numeric: dict[int, object] = {}
-    for n, tag in enumerate(sorted(profile_table().exact)):
-        if tag >> 16 in (0x0000, 0x0002) or not dictionary_has_tag(tag):
-            continue  # command or file meta elements (dcmwrite refuses them), or too new for pydicom
-        vr = dictionary_VR(tag).split(" or ")[0]
-        if vr == "SQ":
-            elem = DataElement(tag, vr, Sequence([_canary_item(n)]))
-            searchable[tag] = f"CNRY{n:04d}".encode()
-        else:
-            try:
-                value, shown = _canary_value(vr, n)
-            except LookupError:
-                continue
-            elem = DataElement(tag, vr, value)
-            if shown is None:
-                numeric[tag] = value
-            else:
-                searchable[tag] = shown
-        if _encodable(elem):
-            ds.add(elem)
-        else:
-            searchable.pop(tag, None)
-            numeric.pop(tag, None)
-    # Repeating groups: overlays and curves, in two groups of their range.
-    ds.add_new(0x60003000, "OW", b"CNRYOVL0")
-    ds.add_new(0x60024000, "LT", "CNRYOVLCOMMENT")
-    ds.add_new(0x50003000, "OB", b"CNRYCRV0")
-    searchable.update({0x60003000: b"CNRYOVL0", 0x60024000: b"CNRYOVLCOMMENT", 0x50003000: b"CNRYCRV0"})
-    # Private attributes at the top level, and a private sequence.
-    ds.add_new(0x00090010, "LO", "CNRYTOPCREATOR")
-    ds.add_new(0x00091001, "LO", "CNRYTOPPRIVATE")
-    ds.add_new(0x00091002, "SQ", Sequence([_canary_item(99_001)]))
-    searchable.update({0x00090010: b"CNRYTOPCREATOR", 0x00091001: b"CNRYTOPPRIVATE"})
-    # An unlisted sequence two levels deep whose items carry canaries.
-    outer = Dataset()
-    outer.ReferencedSeriesSequence = Sequence([_canary_item(99_002)])
-    ds.ProcedureCodeSequence = Sequence([outer])
-    return ds, searchable, numeric
-
-
-def test_canary_basic_profile_leaves_no_listed_value() -> None:
-    ds, searchable, numeric = _canary_dataset()
-    original = to_bytes(ds)
-    assert len(searchable) > 450, "too few canaries were encodable: the test would prove little"
-    missing = [f"{tag:08X}" for tag, shown in searchable.items() if shown not in original]
-    assert not missing, f"canaries not written to the input, the test is broken for {missing}"
-    nested = [b"CNRYCREATOR", b"CNRYPRIV", b"CNRYINNERCREATOR", b"1.999.8.", b"19470203"]
-    assert all(marker in original for marker in nested)
-
-    out = deidentify(ds, BASIC, KEY)
-    written = to_bytes(out)
-
-    leaked = [f"{tag:08X}" for tag, shown in searchable.items() if shown in written]
-    assert not leaked, f"canaries of these tags survived the Basic profile: {leaked}"
-    assert not [marker for marker in [*nested, b"CNRY"] if marker in written]
-    assert b"CompressedSamples" not in written  # the example's own patient name
-    reread = pydicom.dcmread(io.BytesIO(written))
-    for tag, value in numeric.items():
-        assert tag not in reread or reread[tag].value != value, f"{tag:08X} kept its value"
-
-
-@pytest.mark.parametrize(
-    "option",
-    [
-        DeidOption.RETAIN_UIDS,
-        DeidOption.RETAIN_DEVICE_IDENTITY,
-        DeidOption.RETAIN_PATIENT_CHARACTERISTICS,
-        DeidOption.RETAIN_LONGITUDINAL_FULL_DATES,
-        DeidOption.RETAIN_SAFE_PRIVATE,
-        DeidOption.CLEAN_DESCRIPTORS,
-    ],
-)
-def test_canary_an_option_keeps_exactly_the_rows_its_column_keeps(option: DeidOption) -> None:
-    ds, searchable, _ = _canary_dataset()
-    written = to_bytes(deidentify(ds, DeidPolicy(options=frozenset({option})), KEY))
-    leaked = {tag for tag, shown in searchable.items() if shown in written}
-    table = profile_table().exact
-    # A kept sequence still has its items de-identified, so only non-sequence rows show.
-    expected = {
-        tag
-        for tag in searchable
-        if tag in table and table[tag].option_codes.get(option) == "K" and dictionary_VR(tag) != "SQ"
-    }
-    assert leaked == expected
-
-
-def test_canary_every_private_attribute_is_removed_at_every_depth() -> None:
-    ds, _, _ = _canary_dataset()
-    out = deidentify(ds, BASIC, KEY)
+def test_every_private_attribute_is_removed_at_every_depth() -> None:
+    canaries = build_canaries(mr())
+    out = deidentify(canaries.dataset, BASIC, KEY)
 
     def private_tags(dataset: Dataset) -> list[int]:
         found: list[int] = []
         dataset.walk(lambda _ds, elem: found.append(elem.tag) if elem.tag.is_private else None)
         return found
 
-    assert private_tags(ds)
+    assert private_tags(canaries.dataset)
     assert private_tags(out) == []
 
 
 def test_input_is_left_untouched() -> None:
-    ds, _, _ = _canary_dataset()
+    ds = build_canaries(mr(), unlisted=True).dataset
     before_json, before_meta = ds.to_json(), ds.file_meta.to_json()
     deidentify(
         ds, DeidPolicy.from_names(["Retain Longitudinal Temporal Information with Modified Dates"]), KEY
@@ -423,27 +274,32 @@ def test_each_option_is_recorded_with_its_code() -> None:
 # Repeating groups, sequences ---------------------------------------------------------------------
 
 
-def test_overlay_data_and_curves_are_removed_in_every_group() -> None:
+def test_overlays_and_curves_are_removed_in_every_group() -> None:
     ds = mr()
     for group in (0x6000, 0x6002, 0x601E):
-        ds.add_new((group << 16) | 0x0010, "US", 64)  # OverlayRows: not in the table
+        ds.add_new((group << 16) | 0x0010, "US", 64)  # OverlayRows: not in the table, not allowed
         ds.add_new((group << 16) | 0x3000, "OW", b"\x01\x02" * 8)
         ds.add_new((group << 16) | 0x4000, "LT", "overlay comment")
     ds.add_new(0x50020005, "US", 1)
     out = deidentify(ds, BASIC, KEY)
-    for group in (0x6000, 0x6002, 0x601E):
-        assert (group << 16) | 0x3000 not in out
-        assert (group << 16) | 0x4000 not in out
-        assert (group << 16) | 0x0010 in out
-    assert 0x50020005 not in out
+    # Overlay Data is X, and an overlay without its data is invalid: the whole overlay goes.
+    assert not [tag for tag in out.keys() if tag.group & 0xFF00 in (0x5000, 0x6000)]
 
 
-def test_dummy_sequence_replaces_unlisted_values_and_empty_sequence_has_no_items() -> None:
-    ds = mr()
+def _unknown_iod(ds: Dataset) -> Dataset:
+    """`ds` under a SOP class that no IOD table knows, where combined codes keep attributes present."""
+    ds.SOPClassUID = "1.2.826.0.1.3680043.10.1234.1"
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    return ds
+
+
+def test_dummy_sequence_replaces_allowed_values_and_empty_sequence_has_no_items() -> None:
+    ds = _unknown_iod(mr())
     person = Dataset()
     person.CodeValue = "MRN-4711"
     person.CodingSchemeDesignator = "HOSPITAL"
     person.CodeMeaning = "Jane Operator"
+    person.PatientSpeciesDescription = "not allowed"
     operator = Dataset()
     operator.PersonIdentificationCodeSequence = Sequence([person])
     ds.OperatorIdentificationSequence = Sequence([operator])  # X/D: kept with dummy content
@@ -453,8 +309,65 @@ def test_dummy_sequence_replaces_unlisted_values_and_empty_sequence_has_no_items
 
     out = deidentify(ds, BASIC, KEY)
     code = out.OperatorIdentificationSequence[0].PersonIdentificationCodeSequence[0]
-    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("ANONYMOUS",) * 3
+    assert (code.CodeValue, code.CodeMeaning) == ("ANONYMOUS", "ANONYMOUS")
+    assert code.CodingSchemeDesignator == "ANONYMOUS"
+    assert "PatientSpeciesDescription" not in code  # neither in the table nor allowed
     assert len(out.InstitutionCodeSequence) == 0
+
+
+# Combined codes by the Type in the IOD -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "attribute_type", "sequence", "action"),
+    [
+        ("X/Z/D", "1", False, Action.DUMMY),
+        ("X/Z/D", "1C", True, Action.DUMMY),
+        ("X/Z/D", "2", False, Action.EMPTY),
+        ("X/Z/D", "3", True, Action.REMOVE),
+        ("X/Z/D", NOT_IN_IOD, False, Action.REMOVE),
+        ("X/Z", "1", False, Action.EMPTY),
+        ("X/D", "2", False, Action.DUMMY),
+        ("Z/D", "3", False, Action.EMPTY),
+        ("X/Z/U*", "3", True, Action.KEEP),
+        ("X/Z/U*", "3", False, Action.REMAP_UID),
+        ("X/Z/D", None, False, Action.DUMMY),  # IOD unknown: kept present
+        ("X/Z/D", None, True, Action.EMPTY),
+        ("X", "1", False, Action.REMOVE),  # not a combined code: the Type does not matter
+    ],
+)
+def test_combined_codes_follow_the_type_in_the_iod(
+    code: str, attribute_type: str | None, sequence: bool, action: Action
+) -> None:
+    assert combined_action(code, attribute_type, sequence=sequence) is action
+
+
+def test_iod_types_come_from_the_standard() -> None:
+    mr_types = attribute_types(pydicom.uid.MRImageStorage)
+    enhanced = attribute_types(pydicom.uid.EnhancedMRImageStorage)
+    assert mr_types is not None and enhanced is not None, "highdicom's PS3.3 module tables were not found"
+    assert mr_types[("ReferencedStudySequence",)] == "3"  # General Study
+    assert enhanced[("ReferencedPerformedProcedureStepSequence",)] == "1C"  # MR Series wins over 3
+    assert attribute_types("1.2.826.0.1.3680043.10.1234.1") is None
+
+
+def test_combined_codes_resolved_by_the_iod_keep_mr_images_valid() -> None:
+    ds = mr()
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = "1.2.3.4.5"
+    ds.ReferencedStudySequence = Sequence([study])  # X/Z, Type 3 in General Study: removed
+    ds.ContentDate = "20240301"  # Z/D, Type 2C in General Image: emptied
+    out = deidentify(ds, BASIC, KEY)
+    assert "ReferencedStudySequence" not in out
+    assert out.ContentDate == ""
+
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = pydicom.uid.EnhancedMRImageStorage
+    assert deidentify(ds, BASIC, KEY).ContentDate == "19000101"  # Type 1 in Enhanced MR: a dummy
+
+    unknown = deidentify(_unknown_iod(ds), BASIC, KEY)  # no IOD known: kept present, non-identifying
+    assert len(unknown.ReferencedStudySequence) == 0
+    assert unknown.ContentDate == "19000101"
 
 
 # Options -------------------------------------------------------------------------------------------
@@ -465,7 +378,7 @@ def test_unknown_option_name_is_refused() -> None:
         DeidPolicy.from_names(["Retain Everything"])
 
 
-@pytest.mark.parametrize("name", ["Clean Structured Content", "Clean Graphics"])
+@pytest.mark.parametrize("name", ["Clean Structured Content", "Clean Graphics", "Clean Pixel Data"])
 def test_options_not_implemented_are_refused_not_ignored(name: str) -> None:
     with pytest.raises(ValueError, match="not supported yet"):
         DeidPolicy.from_names([name])
@@ -491,8 +404,8 @@ def test_retain_device_identity_keeps_the_device() -> None:
     out = deidentify(ds, DeidPolicy.from_names(["Retain Device Identity"]), KEY)
     assert out.DeviceSerialNumber == ds.DeviceSerialNumber
     assert out.StationName == ds.StationName
-    assert out.InstitutionName == "ANONYMOUS"  # not the device's identity
-    assert deidentify(ds, BASIC, KEY).DeviceSerialNumber != ds.DeviceSerialNumber
+    assert "InstitutionName" not in out  # not the device's identity; X/Z/D and Type 3 here: removed
+    assert "DeviceSerialNumber" not in deidentify(ds, BASIC, KEY)  # X/Z/D, Type 3 in General Equipment
 
 
 def test_retain_institution_identity_keeps_the_institution() -> None:
@@ -622,3 +535,74 @@ def test_a_series_of_160_instances_is_cheap() -> None:
     for _ in range(160):
         deidentify(ds, BASIC, KEY)
     assert time.perf_counter() - start < 5.0
+
+
+# Pixels that may show text ------------------------------------------------------------------------
+
+
+def test_burned_in_annotation_yes_is_refused() -> None:
+    ds = mr()
+    ds.BurnedInAnnotation = "YES"
+    with pytest.raises(DeidentificationError, match="BurnedInAnnotation is YES") as caught:
+        deidentify(ds, BASIC, KEY)
+    assert caught.value.code == "deid.burned_in_annotation"
+    ds.BurnedInAnnotation = "NO"
+    assert deidentify(ds, BASIC, KEY).BurnedInAnnotation == "NO"  # allowed, and kept
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "conversion_type"),
+    [
+        (SecondaryCaptureImageStorage, None),
+        ("1.2.840.10008.5.1.4.1.1.7.4", None),  # Multi-frame True Color Secondary Capture
+        (pydicom.uid.MRImageStorage, "WSD"),  # a workstation screen save, whatever its class
+        (pydicom.uid.MRImageStorage, "SCREEN SAVE"),  # a vendor's screen save, said in ImageType
+    ],
+)
+def test_secondary_capture_and_screen_saves_are_refused(sop_class: str, conversion_type: str | None) -> None:
+    ds = mr()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if conversion_type == "SCREEN SAVE":
+        ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+    elif conversion_type:
+        ds.ConversionType = conversion_type
+    with pytest.raises(DeidentificationError, match="does not clean pixel data") as caught:
+        deidentify(ds, BASIC, KEY)
+    assert caught.value.code == "deid.secondary_capture"
+
+
+# The allow-list -------------------------------------------------------------------------------------
+
+
+def test_attributes_neither_in_the_table_nor_allowed_are_removed_at_every_depth() -> None:
+    ds = mr()
+    ds.PatientSpeciesDescription = "Homo sapiens, Jane's"  # LO, not in the table, not allowed
+    ds.add_new(0x00189999, "LO", "an attribute newer than this code")  # unknown public tag
+    item = Dataset()
+    item.PatientSpeciesDescription = "nested"
+    item.CodeValue = "T-A0100"
+    item.CodingSchemeDesignator = "SRT"
+    item.CodeMeaning = "Brain"
+    ds.AnatomicRegionSequence = Sequence([item])  # allowed, walked
+    ds.PerformedProtocolCodeSequence = Sequence([Dataset()])  # not allowed: gone with its items
+    out = deidentify(ds, BASIC, KEY)
+    assert "PatientSpeciesDescription" not in out
+    assert 0x00189999 not in out
+    assert "PerformedProtocolCodeSequence" not in out
+    region = out.AnatomicRegionSequence[0]
+    assert "PatientSpeciesDescription" not in region
+    assert (region.CodeValue, region.CodeMeaning) == ("T-A0100", "Brain")
+
+
+def test_the_image_keeps_what_it_needs() -> None:
+    ds = mr()
+    out = deidentify(ds, BASIC, KEY)
+    for keyword in (
+        "SOPClassUID", "Modality", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+        "PixelRepresentation", "PhotometricInterpretation", "SamplesPerPixel", "PixelSpacing",
+        "SliceThickness", "ImagePositionPatient", "ImageOrientationPatient", "WindowCenter",
+        "WindowWidth", "RepetitionTime", "EchoTime", "MagneticFieldStrength", "Manufacturer",
+    ):  # fmt: skip
+        if keyword in ds:
+            assert out[keyword].value == ds[keyword].value, keyword
+    assert out.PixelData is ds.PixelData

@@ -7,11 +7,13 @@ Resolving a row's action for a policy
   same row, the most protective wins (a Clean beats a Keep): e.g. with Retain Device Identity
   (K) and Modified Dates (C), a calibration date is shifted, not kept.
 * **Combined Basic codes** (X/Z, X/D, X/Z/D, Z/D, X/Z/U*) let the choice depend on the
-  attribute's Type in the IOD, which the engine does not know. It picks the action that keeps
-  the attribute present with a non-identifying value, so the result stays valid whatever the
-  Type: for elements D before Z before X (a dummy is valid even for Type 1, an empty value only
-  for Type 2); for sequences Z before D (a sequence with no items is present and carries
-  nothing; a dummy sequence is only needed where Z is not allowed). U* keeps the sequence and
+  attribute's Type in the IOD (:func:`combined_action`, Types from :mod:`worker.deid.iod`):
+  D for Type 1 and 1C (a value is required), Z for Type 2 and 2C (present, may be empty), X for
+  Type 3 and for an attribute the IOD does not have at that place, each falling back to the next
+  code the row allows. Where the IOD is unknown, the engine keeps the attribute present with a
+  non-identifying value, so the result stays valid whatever the Type: for elements D before Z
+  before X (a dummy is valid even for Type 1, an empty value only for Type 2); for sequences Z
+  before D (a sequence with no items is present and carries nothing). U* keeps the sequence and
   lets its items be de-identified, which replaces the UIDs inside through their own rows.
 * **C depends on the column.** In the Modified Dates column it shifts dates; in the Safe Private
   column it keeps private attributes listed as safe; in the other columns it cleans: free text
@@ -94,6 +96,44 @@ def basic_sequence_action(code: str) -> Action:
     raise ValueError(f"no action code in {code!r}")
 
 
+#: Preferred codes by the attribute's Type in the IOD ("-": not in the IOD at that place).
+_TYPE_PREFERENCES = {
+    "1": ("D", "Z", "X"),
+    "1C": ("D", "Z", "X"),
+    "2": ("Z", "D", "X"),
+    "2C": ("Z", "D", "X"),
+    "3": ("X", "Z", "D"),
+    "-": ("X", "Z", "D"),
+}
+
+
+def combined_action(code: str, attribute_type: str | None, *, sequence: bool) -> Action:
+    """The action for a Basic profile `code`, given the attribute's Type in the IOD.
+
+    Parameters
+    ----------
+    code : str
+        The Basic profile's code, e.g. ``"X/Z/D"``.
+    attribute_type : str | None
+        ``"1"``, ``"1C"``, ``"2"``, ``"2C"``, ``"3"``, ``"-"`` (not in the IOD at that place), or
+        None when the IOD is unknown.
+    sequence : bool
+        Whether the attribute is a sequence.
+
+    Returns
+    -------
+    Action
+        The action; U (and U*) always wins, since it removes nothing that the IOD needs.
+    """
+    codes = _codes(code)
+    if attribute_type is None or "U" in codes or len(codes) == 1:
+        return basic_sequence_action(code) if sequence else basic_element_action(code)
+    for preferred in _TYPE_PREFERENCES[attribute_type]:
+        if preferred in codes:
+            return _CODE_ACTIONS[preferred]
+    return basic_sequence_action(code) if sequence else basic_element_action(code)
+
+
 def option_action(option: DeidOption, code: str) -> Action:
     """The action an option's column code asks for."""
     if code == "C" and option is DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES:
@@ -115,6 +155,11 @@ class Rule:
     element: Action
     sequence: Action
     option: Action | None
+
+    @property
+    def combined(self) -> bool:
+        """Whether the Basic profile's code leaves a choice that depends on the Type in the IOD."""
+        return "/" in self.row.basic
 
 
 def resolve_rule(row: ProfileRow, options: frozenset[DeidOption]) -> Rule:
@@ -158,10 +203,14 @@ def _build_rules(table: ProfileTable, options: frozenset[DeidOption]) -> RuleSet
     )
 
 
-@functools.lru_cache(maxsize=32)
 def rules_for(policy: DeidPolicy) -> RuleSet:
-    """The rules of `policy`, built once per policy and process."""
-    return _build_rules(profile_table(), policy.options)
+    """The rules of `policy`, built once per set of options and process."""
+    return _rules_for_options(policy.options)
+
+
+@functools.lru_cache(maxsize=512)
+def _rules_for_options(options: frozenset[DeidOption]) -> RuleSet:
+    return _build_rules(profile_table(), options)
 
 
 # Replacement values ---------------------------------------------------------------------------

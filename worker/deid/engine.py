@@ -6,16 +6,26 @@ The profile is table-driven: every element whose tag is listed in Table E.1-1 (v
 ``tables/``, edition 2026d) gets the action its row and the policy's options resolve to (see
 :mod:`worker.deid.actions`), at every depth of every sequence. Every private attribute (odd
 group) is removed, private creators included, unless Retain Safe Private is selected and the
-attribute is listed in Table E.3.10-1 under its private creator. Attributes the table does not
-list are kept as they are, as the Basic profile prescribes, except inside a sequence the profile
-replaces with a dummy; turning this into an allow-list of attributes is a separate, stricter
-policy, not part of the Basic profile.
+attribute is listed in Table E.3.10-1 under its private creator.
+
+Attributes the table does not list are kept only when pediface's allow-list names them
+(``tables/allow-list.tsv``, see :mod:`worker.deid.allowlist`): pixel encoding, geometry, MR
+acquisition parameters, functional groups, SOP class and the like. Everything else is removed,
+at every depth: an allow-list, not a block-list, so that an attribute nobody reviewed (a new one
+of the standard, a retired one, a vendor's misuse of a public tag) never leaves the site. Inside a
+sequence the table replaces with dummy content, allowed attributes get dummy values too.
 
 On top of the table:
 
-* PatientID and PatientName both become :func:`pseudonymise` of the original PatientID (of the
-  StudyInstanceUID when there is none): a non-identifying dummy, which Z/D allows, that still
-  lets researchers link the series of one patient;
+* images that may show identifying text in their pixels are refused: BurnedInAnnotation YES, and
+  secondary capture or screen-save objects, since the engine does not clean pixel data (the
+  Clean Pixel Data option is not supported);
+* PatientID and PatientName both become the research ID of the site's lookup table
+  (:class:`~worker.deid.lookup.PatientIdLookup`) when the patient is in it, and otherwise
+  :func:`pseudonymise` of the original PatientID (of the StudyInstanceUID when there is none): a
+  non-identifying dummy, which Z/D allows, that still lets researchers link the series of one
+  patient. With ``require_lookup`` a patient missing from the table is refused, and the message
+  names :func:`lookup_hint` of the PatientID, never the ID;
 * UIDs are replaced with :func:`remap_uid`, a keyed hash, so that every worker maps a UID the
   same way and references between instances stay consistent without shared state;
 * the result records what was done: PatientIdentityRemoved, DeidentificationMethod,
@@ -28,14 +38,15 @@ Failing closed: anything the engine cannot handle raises :class:`Deidentificatio
 the element by tag, keyword and position, never by value, since values are PHI. The original
 exception is not chained for the same reason.
 
-Cost: the tables are parsed once per process and resolved once per policy, and each dataset is
-walked once. Kept values are shared, not copied, when they are immutable, which covers pixel
-data.
+Cost: the tables are parsed once per process and resolved once per set of options, and each
+dataset is walked once. Kept values are shared, not copied, when they are immutable, which
+covers pixel data.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +66,15 @@ from worker.deid.actions import (
     Rule,
     RuleSet,
     base_vr,
+    combined_action,
     dummy_value,
     rules_for,
     shift_da,
     shift_dt,
 )
+from worker.deid.allowlist import allow_list
+from worker.deid.iod import NOT_IN_IOD, AttributePath, attribute_types
+from worker.deid.lookup import PatientIdLookup
 from worker.deid.options import (
     BASIC_PROFILE_CODE,
     CLEAN_RECOGNIZABLE_VISUAL_FEATURES_CODE,
@@ -68,7 +83,7 @@ from worker.deid.options import (
     DeidPolicy,
     MethodCode,
 )
-from worker.deid.pseudonym import check_key, date_shift_days, pseudonymise, remap_uid
+from worker.deid.pseudonym import check_key, date_shift_days, lookup_hint, pseudonymise, remap_uid
 from worker.deid.table import EDITION, SafePrivateKey, safe_private_table
 
 PATIENT_NAME = 0x00100010
@@ -76,6 +91,23 @@ PATIENT_ID = 0x00100020
 STUDY_INSTANCE_UID = 0x0020000D
 SOP_INSTANCE_UID = 0x00080018
 MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
+SOP_CLASS_UID = 0x00080016
+MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
+BURNED_IN_ANNOTATION = 0x00280301
+CONVERSION_TYPE = 0x00080064
+IMAGE_TYPE = 0x00080008
+
+#: SOP classes whose pixels are captures of a screen, a film or a document: they may show names,
+#: dates and IDs as text, which only pixel cleaning (the Clean Pixel Data option) removes.
+SECONDARY_CAPTURE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.1.29": "Hardcopy Grayscale Image Storage (retired)",
+    "1.2.840.10008.5.1.1.30": "Hardcopy Color Image Storage (retired)",
+}
 
 #: File meta elements carried over; the others (source, sending and receiving AE titles and
 #: presentation addresses, private information) describe the sender and can identify a site.
@@ -119,26 +151,48 @@ def deidentify(ds: Dataset, policy: DeidPolicy, key: bytes, *, defaced: bool = F
     ------
     DeidentificationError
         If an element cannot be de-identified safely (the message names the element, never its
-        value), or no pseudonym can be derived (no PatientID and no StudyInstanceUID).
+        value); if no pseudonym can be derived (no PatientID and no StudyInstanceUID); if the
+        pixels may show identifying text (BurnedInAnnotation YES, a secondary capture or screen
+        save) and the policy does not clean pixel data; or if the policy requires the lookup
+        table and the patient is not in it (the message names :func:`lookup_hint` of the ID).
     TypeError, ValueError
         If `policy` is not a :class:`DeidPolicy` or `key` is not a usable key.
     """
     if not isinstance(policy, DeidPolicy):
         raise TypeError(f"policy must be a DeidPolicy, got {type(policy).__name__}")
     check_key(key)
-    patient = _patient_identity(ds)
-    walker = _Walker(
-        rules=rules_for(policy),
+    if DeidOption.CLEAN_PIXEL_DATA not in policy.options:
+        _refuse_text_in_pixels(ds)
+    patient, has_patient_id = _patient_identity(ds)
+    patient_ids = _PatientIds(
         key=bytes(key),
         prefix=policy.patient_id_prefix,
+        lookup=policy.patient_id_lookup,
+        require_lookup=policy.require_lookup,
+    )
+    if has_patient_id:
+        replacement = patient_ids.replace(patient, where="")
+    elif policy.require_lookup:
+        raise DeidentificationError(
+            "(0010,0020) PatientID is empty or missing, and deid.require_lookup needs it to find the "
+            "research ID in the patient ID lookup table",
+            code="deid.lookup_missing",
+        )
+    else:
+        replacement = pseudonymise(patient, key, policy.patient_id_prefix)
+    walker = _Walker(
+        rules=rules_for(policy),
+        types=_iod_types(ds),
+        allowed=allow_list().tags,
+        key=bytes(key),
+        patient_ids=patient_ids,
         date_shift_days=date_shift_days(patient, key),
         safe_private=safe_private_table(),
     )
-    out = walker.dataset(ds, blank=False, where="")
+    out = walker.dataset(ds, blank=False, where="", path=())
 
-    pseudonym = pseudonymise(patient, key, policy.patient_id_prefix)
-    out.PatientID = pseudonym
-    out.PatientName = pseudonym
+    out.PatientID = replacement
+    out.PatientName = replacement
     _record_method(out, policy, defaced)
 
     source_meta = getattr(ds, "file_meta", None)
@@ -151,20 +205,55 @@ def deidentify(ds: Dataset, policy: DeidPolicy, key: bytes, *, defaced: bool = F
 
 
 @dataclass(frozen=True)
+class _PatientIds:
+    """What replaces a PatientID: the lookup table's research ID, else the keyed pseudonym."""
+
+    key: bytes
+    prefix: str
+    lookup: PatientIdLookup | None
+    require_lookup: bool
+
+    def replace(self, patient_id: str, *, where: str) -> str:
+        """The replacement of `patient_id` (non-empty, stripped); `where` prefixes error messages.
+
+        Raises
+        ------
+        DeidentificationError
+            If the lookup table is required and does not list the patient; the message names
+            :func:`lookup_hint` of the ID, never the ID.
+        """
+        if self.lookup is not None:
+            research_id = self.lookup.get(patient_id)
+            if research_id is not None:
+                return research_id
+            if self.require_lookup:
+                raise DeidentificationError(
+                    f"{where}(0010,0020) PatientID is not in the patient ID lookup table "
+                    f"(deid.patient_id_lookup), which deid.require_lookup requires; lookup hint "
+                    f"{lookup_hint(patient_id, self.key)}: add the patient, restart the workers and retry",
+                    code="deid.lookup_missing",
+                )
+        return pseudonymise(patient_id, self.key, self.prefix)
+
+
+@dataclass(frozen=True)
 class _Walker:
     """The per-call constants of one de-identification, and the recursive walk over a dataset."""
 
     rules: RuleSet
+    types: Mapping[AttributePath, str] | None
+    allowed: frozenset[int]
     key: bytes
-    prefix: str
+    patient_ids: _PatientIds
     date_shift_days: int
     safe_private: frozenset[SafePrivateKey]
 
-    def dataset(self, src: Dataset, *, blank: bool, where: str) -> Dataset:
+    def dataset(self, src: Dataset, *, blank: bool, where: str, path: AttributePath) -> Dataset:
         """De-identify one dataset or sequence item.
 
         `blank` is True inside a sequence being replaced with dummy content, where unlisted
-        attributes are replaced too (see :class:`Action`).
+        attributes are replaced too (see :class:`Action`); `path` holds the keywords of the
+        enclosing sequences, to find an attribute's Type in the IOD.
         """
         out = Dataset()
         kept_private = self._safe_private_tags(src, where)
@@ -176,13 +265,21 @@ class _Walker:
                 # command and file meta elements do not belong in a data set body: writers refuse
                 # them, and dropping them is at least as protective as the table's X or U.
                 continue
-            if group % 2 == 1 and number not in kept_private:
-                continue
-            label = where + _label(number, self.rules.lookup(number))
+            if group % 2 == 1:
+                if number not in kept_private:
+                    continue
+                rule = None
+            else:
+                rule = self.rules.lookup(number)
+                if rule is None and number not in self.allowed:
+                    continue  # neither in Table E.1-1 nor allowed: removed, whatever its value
+            label = where + _label(number, rule)
             try:
                 elem = src[tag]
                 new = (
-                    self._private(elem, blank, label) if group % 2 == 1 else self._public(elem, blank, label)
+                    self._private(elem, blank, label, path)
+                    if group % 2 == 1
+                    else self._public(elem, rule, blank, label, path)
                 )
             except DeidentificationError:
                 raise
@@ -227,49 +324,66 @@ class _Walker:
                     kept.add((block[0] << 16) | block[1])
         return frozenset(kept)
 
-    def _private(self, elem: DataElement, blank: bool, label: str) -> DataElement:
+    def _private(self, elem: DataElement, blank: bool, label: str, path: AttributePath) -> DataElement:
         """A private attribute listed as safe, or its private creator: kept."""
         if elem.VR == "SQ":
-            return self._items(elem, blank, label)
+            return self._items(elem, blank, label, (*path, ""))
         return _copy_element(elem)
 
-    def _public(self, elem: DataElement, blank: bool, label: str) -> DataElement | None:
+    def _public(
+        self, elem: DataElement, rule: Rule | None, blank: bool, label: str, path: AttributePath
+    ) -> DataElement | None:
         number = int(elem.tag)
         if number == PATIENT_ID:
-            # Set again at the top level; in nested items a pseudonym keeps references linkable.
-            return self._nested_patient_id(elem)
-        rule = self.rules.lookup(number)
+            # Set again at the top level; in nested items the same replacement keeps references linkable.
+            return self._nested_patient_id(elem, label)
         if elem.VR == "SQ":
-            return self._sequence(elem, rule, blank, label)
-        return self.element(elem, rule, blank)
+            return self._sequence(elem, rule, blank, label, path)
+        return self.element(elem, rule, blank, path)
 
-    def _nested_patient_id(self, elem: DataElement) -> DataElement:
-        text = _joined_text(elem.value)
-        if not text.strip():
+    def _basic(self, rule: Rule, path: AttributePath, *, sequence: bool) -> Action:
+        """The Basic profile's action on `rule`'s attribute at `path`, by its Type in the IOD."""
+        if not rule.combined:
+            return rule.sequence if sequence else rule.element
+        if self.types is None:
+            attribute_type = None
+        else:
+            attribute_type = self.types.get((*path, rule.row.keyword), NOT_IN_IOD)
+        return combined_action(rule.row.basic, attribute_type, sequence=sequence)
+
+    def _nested_patient_id(self, elem: DataElement, label: str) -> DataElement:
+        text = _joined_text(elem.value).strip(" \x00")
+        if not text:
             return DataElement(elem.tag, elem.VR, empty_value_for_VR(elem.VR))
-        return DataElement(elem.tag, elem.VR, pseudonymise(text, self.key, self.prefix))
+        where = label.removesuffix(_label(PATIENT_ID, None))
+        return DataElement(elem.tag, elem.VR, self.patient_ids.replace(text, where=where))
 
-    def _sequence(self, elem: DataElement, rule: Rule | None, blank: bool, label: str) -> DataElement | None:
+    def _sequence(
+        self, elem: DataElement, rule: Rule | None, blank: bool, label: str, path: AttributePath
+    ) -> DataElement | None:
         if rule is None:
             action = Action.KEEP
         elif rule.option in (Action.SHIFT_DATES, Action.SAFE_PRIVATE, None):
-            action = rule.sequence  # no option, or one that does not apply to sequences
+            action = self._basic(rule, path, sequence=True)  # no option, or one not for sequences
         else:
             action = rule.option
         if action is Action.REMOVE:
             return None
         if action is Action.EMPTY:
             return DataElement(elem.tag, "SQ", Sequence())
-        return self._items(elem, blank or action in (Action.DUMMY, Action.CLEAN), label)
+        inner = (*path, keyword_for_tag(elem.tag) or "")
+        return self._items(elem, blank or action in (Action.DUMMY, Action.CLEAN), label, inner)
 
-    def _items(self, elem: DataElement, blank: bool, label: str) -> DataElement:
+    def _items(self, elem: DataElement, blank: bool, label: str, path: AttributePath) -> DataElement:
         items = [
-            self.dataset(item, blank=blank, where=f"{label}[{index}] > ")
+            self.dataset(item, blank=blank, where=f"{label}[{index}] > ", path=path)
             for index, item in enumerate(elem.value)
         ]
         return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=elem.is_undefined_length)
 
-    def element(self, elem: DataElement, rule: Rule | None, blank: bool) -> DataElement | None:
+    def element(
+        self, elem: DataElement, rule: Rule | None, blank: bool, path: AttributePath = ()
+    ) -> DataElement | None:
         """De-identify one element that is not a sequence; None when it is removed."""
         vr = base_vr(elem.VR)
         if rule is None:
@@ -282,7 +396,7 @@ class _Walker:
             return self._apply(elem, vr, Action.CLEAN)
         if rule.option in (Action.KEEP, Action.REMAP_UID, Action.DUMMY, Action.EMPTY, Action.REMOVE):
             return self._apply(elem, vr, rule.option)
-        return self._apply(elem, vr, rule.element)
+        return self._apply(elem, vr, self._basic(rule, path, sequence=False))
 
     def _apply(self, elem: DataElement, vr: str, action: Action) -> DataElement | None:
         if action is Action.KEEP:
@@ -362,8 +476,11 @@ def _label(number: int, rule: Rule | None) -> str:
     return f"{tag} {keyword}" if keyword else tag
 
 
-def _patient_identity(ds: Dataset) -> str:
-    """What the pseudonym and the date offset derive from: PatientID, else StudyInstanceUID."""
+def _patient_identity(ds: Dataset) -> tuple[str, bool]:
+    """What the pseudonym and the date offset derive from: PatientID, else StudyInstanceUID.
+
+    The flag says whether it is the PatientID.
+    """
     for number, keyword in ((PATIENT_ID, "PatientID"), (STUDY_INSTANCE_UID, "StudyInstanceUID")):
         try:
             elem = ds.get(BaseTag(number))
@@ -373,12 +490,69 @@ def _patient_identity(ds: Dataset) -> str:
                 f"cannot read ({number >> 16:04X},{number & 0xFFFF:04X}) {keyword}", code="deid.element"
             ) from None
         if text:
-            return text
+            return text, number == PATIENT_ID
     raise DeidentificationError(
         "neither (0010,0020) PatientID nor (0020,000D) StudyInstanceUID has a value: "
         "no patient pseudonym can be derived",
         code="deid.no_patient",
     )
+
+
+def _iod_types(ds: Dataset) -> Mapping[AttributePath, str] | None:
+    """The Types of the combined-code attributes in the IOD of `ds`'s SOP class, if known."""
+    sop_class = _top_text(ds, SOP_CLASS_UID)
+    meta = getattr(ds, "file_meta", None)
+    if not sop_class and meta is not None:
+        sop_class = _top_text(meta, MEDIA_STORAGE_SOP_CLASS_UID)
+    return attribute_types(sop_class) if sop_class else None
+
+
+def _top_text(ds: Dataset, number: int) -> str:
+    """The text of a top-level element of `ds` (empty when absent); a value it cannot read is refused."""
+    try:
+        elem = ds.get(BaseTag(number))
+        return _joined_text(elem.value).strip(" \x00") if elem is not None else ""
+    except Exception:  # noqa: BLE001 - fail closed, and the message may quote the value
+        raise DeidentificationError(f"cannot read {_label(number, None)}", code="deid.element") from None
+
+
+def _refuse_text_in_pixels(ds: Dataset) -> None:
+    """Refuse an image whose pixels may show identifying text (PS3.15 E.3.1, Clean Pixel Data).
+
+    Raises
+    ------
+    DeidentificationError
+        If BurnedInAnnotation is YES, or the object is a secondary capture or screen save.
+    """
+    if _top_text(ds, BURNED_IN_ANNOTATION).upper() == "YES":
+        raise DeidentificationError(
+            "(0028,0301) BurnedInAnnotation is YES: the pixels may show identifying text, and pediface "
+            "does not clean pixel data (Clean Pixel Data option), so the series is not forwarded",
+            code="deid.burned_in_annotation",
+        )
+    sop_class = _top_text(ds, SOP_CLASS_UID)
+    meta = getattr(ds, "file_meta", None)
+    if not sop_class and meta is not None:
+        sop_class = _top_text(meta, MEDIA_STORAGE_SOP_CLASS_UID)
+    conversion = _top_text(ds, CONVERSION_TYPE).upper()
+    image_type = {value.strip().upper() for value in _top_text(ds, IMAGE_TYPE).split("\\")}
+    if sop_class in SECONDARY_CAPTURE_SOP_CLASSES:
+        name: str | None = f"a {SECONDARY_CAPTURE_SOP_CLASSES[sop_class]} object"
+    elif conversion == "WSD":
+        name = "a workstation screen save ((0008,0064) ConversionType WSD)"
+    elif "SCREEN SAVE" in image_type:
+        name = "a screen save ((0008,0008) ImageType SCREEN SAVE)"
+    elif conversion:
+        name = "a secondary capture ((0008,0064) ConversionType is present)"
+    else:
+        name = None
+    if name is not None:
+        raise DeidentificationError(
+            f"the instance is {name}: captured screens and documents may show identifying text in "
+            "their pixels, and pediface does not clean pixel data (Clean Pixel Data option), so the "
+            "series is not forwarded",
+            code="deid.secondary_capture",
+        )
 
 
 def _record_method(out: Dataset, policy: DeidPolicy, defaced: bool) -> None:

@@ -10,10 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from worker.deid.lookup import PatientIdLookup
+
+if TYPE_CHECKING:
+    from pediface.settings import DeidSettings
 
 
-class DeidOption(str, Enum):
+class DeidOption(StrEnum):
     """An option of the Basic Application Level Confidentiality Profile (PS3.15 E.3)."""
 
     RETAIN_SAFE_PRIVATE = "Retain Safe Private"
@@ -26,6 +32,7 @@ class DeidOption(str, Enum):
     CLEAN_DESCRIPTORS = "Clean Descriptors"
     CLEAN_STRUCTURED_CONTENT = "Clean Structured Content"
     CLEAN_GRAPHICS = "Clean Graphics"
+    CLEAN_PIXEL_DATA = "Clean Pixel Data"
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ OPTION_CODES: dict[DeidOption, MethodCode] = {
     DeidOption.CLEAN_DESCRIPTORS: MethodCode("113105", "Clean Descriptors Option"),
     DeidOption.CLEAN_STRUCTURED_CONTENT: MethodCode("113104", "Clean Structured Content Option"),
     DeidOption.CLEAN_GRAPHICS: MethodCode("113103", "Clean Graphics Option"),
+    DeidOption.CLEAN_PIXEL_DATA: MethodCode("113101", "Clean Pixel Data Option"),
 }
 
 #: Options that are refused rather than ignored: selecting an option promises the recipient
@@ -65,6 +73,9 @@ UNSUPPORTED_OPTIONS: dict[DeidOption, str] = {
     DeidOption.CLEAN_STRUCTURED_CONTENT: "cleaning SR and acquisition context content item values",
     # Keeping overlays and curves means cleaning their bitmaps, which needs pixel-level work.
     DeidOption.CLEAN_GRAPHICS: "cleaning overlay bitmaps, curves and graphic annotations",
+    # Finding and removing text burned into the pixels (OCR); until then, images that may carry
+    # it (BurnedInAnnotation YES, secondary capture, screen saves) are refused, not forwarded.
+    DeidOption.CLEAN_PIXEL_DATA: "removing identifying text burned into the pixel data",
 }
 
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_]{1,16}")
@@ -121,16 +132,27 @@ class DeidPolicy:
     patient_id_prefix : str
         Prefix of the patient pseudonyms written into PatientID and PatientName: 1 to 16 ASCII
         letters, digits or underscores, so that the pseudonym is a valid LO and PN value.
+    patient_id_lookup : PatientIdLookup | None
+        Site-supplied research IDs by original PatientID. A patient found there gets its research
+        ID in PatientID and PatientName instead of the keyed pseudonym.
+    require_lookup : bool
+        Refuse (quarantine) an instance whose PatientID is not in `patient_id_lookup`, instead of
+        falling back to the keyed pseudonym.
 
     Raises
     ------
     ValueError
         If an option is unknown or not supported yet, if the two Retain Longitudinal Temporal
-        Information options are selected together, or if `patient_id_prefix` is not valid.
+        Information options are selected together, if `patient_id_prefix` is not valid, or if
+        `require_lookup` is set without a `patient_id_lookup`.
+    TypeError
+        If `patient_id_lookup` is not a :class:`PatientIdLookup`.
     """
 
     options: frozenset[DeidOption] = frozenset()
     patient_id_prefix: str = "PF"
+    patient_id_lookup: PatientIdLookup | None = None
+    require_lookup: bool = False
 
     def __post_init__(self) -> None:
         # Normalise through the enum at once so that the object is valid when built.
@@ -155,6 +177,14 @@ class DeidPolicy:
                 f"patient_id_prefix must be 1 to 16 ASCII letters, digits or underscores, "
                 f"got {self.patient_id_prefix!r}"
             )
+        if self.patient_id_lookup is not None and not isinstance(self.patient_id_lookup, PatientIdLookup):
+            raise TypeError(
+                f"patient_id_lookup must be a PatientIdLookup, got {type(self.patient_id_lookup).__name__}"
+            )
+        if not isinstance(self.require_lookup, bool):
+            raise TypeError(f"require_lookup must be a bool, got {type(self.require_lookup).__name__}")
+        if self.require_lookup and self.patient_id_lookup is None:
+            raise ValueError("require_lookup needs a patient_id_lookup")
 
     @classmethod
     def from_names(cls, names: Iterable[str], patient_id_prefix: str = "PF") -> DeidPolicy:
@@ -181,6 +211,38 @@ class DeidPolicy:
             raise TypeError(f"names must be an iterable of option names, not a single string {names!r}")
         return cls(
             options=frozenset(parse_option(name) for name in names), patient_id_prefix=patient_id_prefix
+        )
+
+    @classmethod
+    def from_settings(cls, deid: DeidSettings) -> DeidPolicy:
+        """The policy the ``deid`` settings section describes, reading its lookup table if any.
+
+        Parameters
+        ----------
+        deid : DeidSettings
+            The ``deid`` section of the settings.
+
+        Returns
+        -------
+        DeidPolicy
+            The policy.
+
+        Raises
+        ------
+        ValueError
+            If an option is unknown or unsupported, or the lookup table cannot be read or has a
+            bad row (the message never quotes a patient ID).
+        """
+        if isinstance(deid.options, str):
+            raise TypeError(
+                f"deid.options must be a list of option names, not a single string {deid.options!r}"
+            )
+        lookup = PatientIdLookup.from_csv(deid.patient_id_lookup) if deid.patient_id_lookup else None
+        return cls(
+            options=frozenset(parse_option(name) for name in deid.options),
+            patient_id_prefix=deid.patient_id_prefix,
+            patient_id_lookup=lookup,
+            require_lookup=deid.require_lookup,
         )
 
     def ordered_options(self) -> tuple[DeidOption, ...]:

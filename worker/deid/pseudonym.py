@@ -26,6 +26,11 @@ MAX_DATE_SHIFT_DAYS = 365
 # related outputs. remap_uid hashes the bare UID, as its contract states.
 _PATIENT_DOMAIN = b"pediface/patient\x00"
 _DATE_SHIFT_DOMAIN = b"pediface/date-shift\x00"
+_LOOKUP_HINT_DOMAIN = b"pediface/lookup-hint\x00"
+
+#: Characters of a lookup hint (base32, 5 bits each): 40 bits, enough to tell the patients of one
+#: site apart, too short to serve as a second pseudonym.
+LOOKUP_HINT_CHARS = 8
 
 
 def check_key(key: bytes) -> None:
@@ -136,3 +141,28 @@ def date_shift_days(patient: str, key: bytes) -> int:
     check_key(key)
     number = int.from_bytes(_digest(key, _DATE_SHIFT_DOMAIN + patient.strip().encode("utf-8"))[:8], "big")
     return -(number % MAX_DATE_SHIFT_DAYS + 1)
+
+
+def lookup_hint(patient_id: str, key: bytes) -> str:
+    """A short keyed hash of a PatientID, safe to show in a quarantine reason.
+
+    When the lookup table is required and a patient is missing from it, the reason names this
+    hint instead of the PatientID. The honest broker, who holds the key and the site's patient
+    list, finds the patient by computing the hint of each candidate ID; without the key it
+    cannot be linked to the ID, and it differs from the patient's pseudonym.
+
+    Parameters
+    ----------
+    patient_id : str
+        The original PatientID; surrounding spaces are ignored.
+    key : bytes
+        The secret de-identification key.
+
+    Returns
+    -------
+    str
+        ``"H-"`` followed by :data:`LOOKUP_HINT_CHARS` base32 characters.
+    """
+    check_key(key)
+    digest = _digest(key, _LOOKUP_HINT_DOMAIN + patient_id.strip().encode("utf-8"))
+    return "H-" + base64.b32encode(digest).decode("ascii")[:LOOKUP_HINT_CHARS]
