@@ -13,6 +13,7 @@ pixel data missing), ``0xC210`` cannot understand (undecodable data set).
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 
 from pydicom import Dataset
 from pydicom.uid import UID
@@ -22,6 +23,7 @@ from pynetdicom.events import Event
 
 from gateway.access import AccessPolicy
 from gateway.status import INSTANCES
+from pediface.audit import JsonLines, keyed_hash
 from pediface.logs import get_logger
 from pediface.settings import DicomSettings, TlsSettings
 from pediface.spool import Spool, SpoolError, is_valid_uid, series_key
@@ -140,7 +142,29 @@ def handle_echo(event: Event) -> int:
     return SUCCESS
 
 
-def handle_store(event: Event, spool: Spool) -> int:
+@dataclass(frozen=True)
+class ReceiptAudit:
+    """One audit line per C-STORE, naming the instance by a keyed hash of its UID."""
+
+    lines: JsonLines
+    key: bytes
+
+    def record(self, event: Event, outcome: str, series: str = "", sop_uid: str = "", reason: str = "") -> None:
+        try:
+            self.lines.write(
+                "instance_received",
+                outcome=outcome,
+                calling_ae=event.assoc.requestor.ae_title,
+                peer=event.assoc.requestor.address,
+                series=series,
+                instance=keyed_hash(sop_uid, self.key) if sop_uid else "",
+                reason=reason,
+            )
+        except OSError as exc:  # the audit trail must not refuse instances; the log says it failed
+            log.error("audit_write_failed", error=str(exc))
+
+
+def handle_store(event: Event, spool: Spool, audit: ReceiptAudit) -> int:
     """Spool one instance durably, then answer; never raise into pynetdicom."""
     calling_ae = event.assoc.requestor.ae_title
     try:
@@ -148,6 +172,7 @@ def handle_store(event: Event, spool: Spool) -> int:
     except Exception as exc:  # noqa: BLE001 - pynetdicom could not even re-encode the bytes
         log.error("c_store_unreadable", calling_ae=calling_ae, error=str(exc))
         INSTANCES.labels("rejected").inc()
+        audit.record(event, "rejected", reason="unreadable")
         return CANNOT_UNDERSTAND
     try:
         try:
@@ -166,6 +191,7 @@ def handle_store(event: Event, spool: Spool) -> int:
             ) from exc
     except RejectedInstance as rejected:
         INSTANCES.labels("rejected").inc()
+        audit.record(event, "rejected", reason=rejected.code)
         try:
             manifest = spool.quarantine_rejected(data, calling_ae, rejected.reason, rejected.code)
         except OSError as exc:
@@ -187,15 +213,18 @@ def handle_store(event: Event, spool: Spool) -> int:
     except SpoolError as exc:
         log.error("c_store_spool_failed", calling_ae=calling_ae, series=key, error=str(exc))
         INSTANCES.labels("spool_error").inc()
+        audit.record(event, "spool_error", key, sop_uid)
         return OUT_OF_RESOURCES
-    INSTANCES.labels("stored" if stored else "duplicate").inc()
+    outcome = "stored" if stored else "duplicate"
+    INSTANCES.labels(outcome).inc()
+    audit.record(event, outcome, key, sop_uid)
     log.debug("c_store", calling_ae=calling_ae, series=key, duplicate=not stored, bytes=len(data))
     return SUCCESS
 
 
-def handlers(spool: Spool, access: AccessPolicy) -> list:
+def handlers(spool: Spool, access: AccessPolicy, audit: ReceiptAudit) -> list:
     return [
         (evt.EVT_REQUESTED, access.on_requested),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool]),
+        (evt.EVT_C_STORE, handle_store, [spool, audit]),
     ]

@@ -14,8 +14,9 @@ import pydicom.config
 from celery import Celery
 
 from gateway.access import AccessPolicy
-from gateway.scp import build_ae, handlers, tls_context
+from gateway.scp import ReceiptAudit, build_ae, handlers, tls_context
 from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
+from pediface.audit import JsonLines
 from pediface.broker import dispatch, make_app, queue_depth
 from pediface.logs import get_logger
 from pediface.settings import Settings
@@ -104,7 +105,11 @@ class Gateway:
         self._server = ae.start_server(
             (dicom.host, dicom.port),
             block=False,
-            evt_handlers=handlers(self.spool, AccessPolicy(dicom.peers)),
+            evt_handlers=handlers(
+                self.spool,
+                AccessPolicy(dicom.peers),
+                ReceiptAudit(JsonLines(self.settings.audit_file), self.settings.deid_key()),
+            ),
             ssl_context=tls_context(dicom.tls) if dicom.tls else None,
         )
         self._thread = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)

@@ -195,6 +195,17 @@ class DeidSettings(_Section):
         return self
 
 
+class AuditSettings(_Section):
+    """The audit trail (JSON lines, pseudonymous identifiers only)."""
+
+    file: Path | None = Field(None, description="Audit log file. Empty: <data_dir>/audit.jsonl.")
+    honest_broker_file: Path | None = Field(
+        None,
+        description="If set, workers append original -> pseudonymous PatientID and Study/Series UIDs here "
+        "(mode 0600) for the site's honest broker. It holds PHI: restrict access. Empty: no mapping is kept.",
+    )
+
+
 class DestinationKind(StrEnum):
     folder = "folder"
     dicom = "dicom"
@@ -267,6 +278,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     deface: DefaceSettings = Field(default_factory=DefaceSettings)
     deid: DeidSettings = Field(default_factory=DeidSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     destination: DestinationSettings = Field(default_factory=DestinationSettings)
 
     # Set by load(); not a setting.
@@ -298,6 +310,10 @@ class Settings(BaseSettings):
     @property
     def archive_folder(self) -> Path:
         return self.destination.folder or self.data_dir / "archive"
+
+    @property
+    def audit_file(self) -> Path:
+        return self.audit.file or self.data_dir / "audit.jsonl"
 
     @property
     def embedded_broker(self) -> bool:

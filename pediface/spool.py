@@ -115,6 +115,8 @@ class JobManifest(BaseModel):
     reason: str | None = None
     reason_code: str | None = None
     n_sent: int = 0
+    n_filtered: int = 0  # deliberately not forwarded (localizers, raw data, presentation states)
+    filtered: dict[str, int] = Field(default_factory=dict)  # by kind
     output_series_uid: str | None = None  # the pseudonymous UID of the delivered series
     history: list[StateChange] = Field(default_factory=list)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from pediface.errors import DeliveryError
@@ -49,21 +49,64 @@ def _to_folder(files: Sequence[Path], archive: Path) -> int:
     return len(files)
 
 
+#: What every Storage SCP must accept (PS3.4 B.4.1 / PS3.5 10.1), proposed with each file's own syntax.
+_UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def _accepted(assoc: object) -> dict[str, set[str]]:
+    """Transfer syntaxes the destination accepted, by SOP class."""
+    accepted: dict[str, set[str]] = {}
+    for context in assoc.accepted_contexts:  # type: ignore[attr-defined]
+        accepted.setdefault(str(context.abstract_syntax), set()).update(
+            str(t) for t in context.transfer_syntax
+        )
+    return accepted
+
+
+def fit_transfer_syntax(ds: Dataset, accepted: set[str]) -> Dataset:
+    """``ds`` in a transfer syntax the destination accepted: its own, else uncompressed little endian.
+
+    Decompression is lossless (the files are written losslessly); the SOP Instance UID is kept,
+    since the pixel values are the same.
+    """
+    ts = ds.file_meta.TransferSyntaxUID
+    if str(ts) in accepted:
+        return ds
+    target = next((UID(t) for t in _UNCOMPRESSED if t in accepted), None)
+    if target is None:
+        raise DeliveryError(
+            f"the destination accepts neither {ts.name} nor uncompressed little endian "
+            f"for {ds.SOPClassUID.name}"
+        )
+    if ts.is_compressed:
+        ds.decompress(generate_instance_uid=False)
+    ds.file_meta.TransferSyntaxUID = target
+    log.info("transcoded_for_destination", source=ts.name, target=target.name)
+    return ds
+
+
 def _to_scp(files: Sequence[Path], destination: DestinationSettings) -> int:
     headers = [dcmread(path, stop_before_pixels=True) for path in files]
-    sop_classes = sorted({str(ds.SOPClassUID) for ds in headers})
+    contexts: dict[str, set[str]] = {}
+    for ds in headers:
+        contexts.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
     ae = AE(ae_title=destination.calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = destination.timeout_s
-    for sop_class in sop_classes:
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    for sop_class, syntaxes in sorted(contexts.items()):
+        # One context per proposed syntax, so the destination can accept some and reject others.
+        for syntax in sorted(syntaxes - set(_UNCOMPRESSED)):
+            ae.add_requested_context(sop_class, [syntax])
+        ae.add_requested_context(sop_class, _UNCOMPRESSED)
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if not assoc.is_established:
         raise DeliveryError(f"no association with {where} (refused, aborted or unreachable)")
     sent = 0
+    accepted = _accepted(assoc)
     try:
         for path in files:
-            status = assoc.send_c_store(dcmread(path))
+            ds = dcmread(path)
+            status = assoc.send_c_store(fit_transfer_syntax(ds, accepted.get(str(ds.SOPClassUID), set())))
             code = getattr(status, "Status", None)
             if code is None:
                 raise DeliveryError(f"{where} did not answer a C-STORE (connection lost or timed out)")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from pydicom import dcmread
 
+from pediface.audit import JsonLines
 from pediface.errors import PermanentError, RetryableError
 from pediface.logs import get_logger
 from pediface.settings import Settings
-from pediface.spool import JobState, Spool
+from pediface.spool import JobManifest, JobState, Spool
 from worker.deface.base import FaceMasker
 from worker.deid import DeidPolicy
 from worker.delivery import deliver
@@ -50,6 +51,9 @@ class JobRunner:
         self._masker: FaceMasker | None = None
         self.policy = DeidPolicy.from_settings(settings.deid)
         self._key = settings.deid_key()
+        self.audit = JsonLines(settings.audit_file)
+        broker_file = settings.audit.honest_broker_file
+        self.honest_broker = JsonLines(broker_file, mode=0o600) if broker_file else None
 
     @property
     def masker(self) -> FaceMasker:
@@ -75,7 +79,7 @@ class JobRunner:
             self.spool.save(manifest.to(JobState.processing, f"attempt {manifest.attempts}"))
             started = time.monotonic()
             try:
-                files = self._outputs(job_id)
+                files = self._outputs(job_id, manifest)
                 manifest.output_series_uid = _series_uid(files)
                 sent = deliver(files, self.settings.destination, self.settings.archive_folder)
             except PermanentError as exc:
@@ -96,21 +100,37 @@ class JobRunner:
                     manifest, f"internal error ({type(exc).__name__}: {exc}); see the worker log", "internal"
                 )
             self.spool.finish(manifest, sent)
+            self._audit(
+                "series_sent",
+                job=job_id,
+                series=manifest.series_key,
+                output_series=manifest.output_series_uid,
+                instances=sent,
+                destination=_describe(self.settings),
+            )
             log.info(
                 "job_sent",
                 job=job_id,
                 instances_received=manifest.n_instances,
+                instances_filtered=manifest.n_filtered,
                 instances_sent=sent,
                 seconds=round(time.monotonic() - started, 1),
             )
             return JobOutcome(job_id, "sent", f"{sent} instances")
 
+    def _audit(self, event: str, **fields: object) -> None:
+        try:
+            self.audit.write(event, **fields)
+        except OSError as exc:
+            log.error("audit_write_failed", error=str(exc))
+
     def _quarantine(self, manifest, reason: str, code: str) -> JobOutcome:
         self.spool.quarantine(manifest, reason, code)
+        self._audit("series_quarantined", job=manifest.job_id, series=manifest.series_key, code=code, reason=reason)
         log.warning("job_quarantined", job=manifest.job_id, code=code, reason=reason)
         return JobOutcome(manifest.job_id, "quarantined", reason)
 
-    def _outputs(self, job_id: str) -> list[Path]:
+    def _outputs(self, job_id: str, manifest: JobManifest) -> list[Path]:
         """The defaced series' files, computed once per job (a delivery retry reuses them)."""
         out = self.spool.output_dir(job_id)
         if (out / _COMPLETE).is_file():
@@ -129,10 +149,44 @@ class JobRunner:
             job=job_id,
             masker=result.mask.masker,
             voxels_blanked=result.blanked_voxels,
+            stacks=len(result.stacks),
+            instances_filtered=sum(result.filtered_counts.values()),
             seconds=round(time.monotonic() - started, 1),
             **{f"mask_{k}": v for k, v in result.mask.details.items() if isinstance(v, (int, float))},
         )
         self._write_qc(job_id, result)
+        # Recorded before delivery, so that a delivery retry that reuses the files still knows.
+        manifest.filtered = result.filtered_counts
+        manifest.n_filtered = sum(manifest.filtered.values())
+        if len(result.datasets) + manifest.n_filtered != len(datasets):
+            raise PermanentError(
+                f"{len(datasets)} instances received but {len(result.datasets)} defaced and "
+                f"{manifest.n_filtered} filtered: some are unaccounted for",
+                code="internal.accounting",
+            )
+        self.spool.save(manifest)
+        first_in, first_out = datasets[0], result.datasets[0]
+        self._audit(
+            "series_processed",
+            job=job_id,
+            instances_in=len(datasets),
+            instances_out=len(result.datasets),
+            masker=result.mask.masker,
+            voxels_blanked=result.blanked_voxels,
+            output_study=str(first_out.StudyInstanceUID),
+            output_series=str(first_out.SeriesInstanceUID),
+        )
+        if self.honest_broker is not None:
+            self.honest_broker.write(
+                "pseudonyms",
+                job=job_id,
+                patient_id=str(first_in.get("PatientID", "")),
+                pseudonym=str(first_out.get("PatientID", "")),
+                study_uid=str(first_in.get("StudyInstanceUID", "")),
+                output_study_uid=str(first_out.StudyInstanceUID),
+                series_uid=str(first_in.get("SeriesInstanceUID", "")),
+                output_series_uid=str(first_out.SeriesInstanceUID),
+            )
         partial = out.with_name("out.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
@@ -150,6 +204,11 @@ class JobRunner:
             render_before_after(result.before, result.after, result.mask, self.spool.jobs / job_id / "qc.png")
         except Exception as exc:  # noqa: BLE001 - a missing picture must not stop delivery
             log.warning("qc_render_failed", job=job_id, error=str(exc))
+
+
+def _describe(settings: Settings) -> str:
+    d = settings.destination
+    return f"folder {settings.archive_folder}" if d.kind == "folder" else f"{d.ae_title}@{d.host}:{d.port}"
 
 
 def _series_uid(files: list[Path]) -> str | None:

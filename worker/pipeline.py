@@ -2,34 +2,65 @@
 
 Steps, each a pure function of its own module::
 
-    build_volume (volume) -> masker.predict (deface) -> blank_instances (writer)
-        -> deidentify (deid) -> mark_derived
+    split_series (volume) -> per stack: stack_volume -> masker.predict (deface)
+        -> write_back (writer) -> deidentify (deid) -> mark_derived
+
+Every instance of the series ends one of three ways: defaced (it belongs to a
+stack that got its own mask), deliberately left out and not forwarded (a
+localizer, a derived reformat or a non-image object such as Raw Data or a
+presentation state; counted in :attr:`DefacedSeries.filtered`), or the whole
+series is refused with a :class:`PedifaceError` (fail closed: a stack too small
+to find a face in, a stack the masker cannot vouch for, inconsistent geometry).
 
 The order matters: pixels are blanked in the original instances before their
 headers are rewritten, and nothing leaves this function half-done: it returns a
-complete result or raises a :class:`PedifaceError` subclass.
+complete result or raises.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
 
 from pediface import __version__
-from pediface.errors import DeidentificationError, MaskingError
+from pediface.errors import DeidentificationError, InputError, MaskingError
+from pediface.logs import get_logger
 from worker.deface.base import FaceMasker
-from worker.deid import DeidPolicy, deidentify
+from worker.deid import DeidPolicy, deidentify, remap_uid
 from worker.types import FaceMask, Volume
-from worker.volume import build_volume
-from worker.writer import blank_instances
+from worker.volume import MIN_SLICES, Filtered, split_series, stack_volume
+from worker.writer import StackMask, write_back
+
+log = get_logger("pediface.worker.pipeline")
+
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+@dataclass(frozen=True)
+class StackResult:
+    """What happened to one stack (numbers and labels only, no identifiers)."""
+
+    label: str
+    shape: tuple[int, int, int]
+    blanked_voxels: int
+    background: int
+    masker: str
 
 
 @dataclass(frozen=True)
 class DefacedSeries:
-    """The result of :func:`deface_series`."""
+    """The result of :func:`deface_series`.
+
+    ``before``, ``after`` and ``mask`` are those of the largest stack (for QC pictures);
+    ``blanked_voxels`` counts every stack; ``stacks`` says what happened to each;
+    ``filtered`` lists the instances deliberately not forwarded, with the reason.
+    """
 
     datasets: list[Dataset]
     before: Volume
@@ -37,16 +68,78 @@ class DefacedSeries:
     mask: FaceMask
     blanked_voxels: int
     background: int
+    stacks: tuple[StackResult, ...] = ()
+    filtered: tuple[Filtered, ...] = field(default=())
+
+    @property
+    def filtered_counts(self) -> dict[str, int]:
+        """How many instances were left out, by kind (``{"localizer": 3}``)."""
+        return dict(Counter(f.kind for f in self.filtered))
 
 
-def mark_derived(ds: Dataset, masker: str) -> None:
-    """Say in the header that the pixels were changed, and how (PS3.3 C.7.6.1.1.2, C.7.6.1.1.3)."""
+def _code_item(code: object) -> Dataset:
+    item = Dataset()
+    item.CodeValue = code.value  # type: ignore[attr-defined]
+    item.CodingSchemeDesignator = code.scheme_designator  # type: ignore[attr-defined]
+    item.CodeMeaning = code.meaning  # type: ignore[attr-defined]
+    return item
+
+
+def _source_reference(sop_class: str, sop_instance: str) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    item.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+    )
+    return item
+
+
+def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
+    """Say in the header that the pixels were changed, how, and from what (PS3.3 C.7.6.1.1).
+
+    Called on a de-identified instance. With ``key``, the instance becomes a new object
+    derived from its pseudonymised source: new SOP Instance and Series Instance UIDs (the
+    keyed :func:`remap_uid` of the pseudonymised ones, so a retry gives the same UIDs) and
+    a Source Image Sequence referencing the pseudonymised source instance. Enhanced MR
+    objects carry the reference in the shared Derivation Image functional group and
+    mark every frame DERIVED.
+    """
     image_type = list(ds.get("ImageType") or ["DERIVED", "SECONDARY"])
     image_type[0] = "DERIVED"
     if len(image_type) == 1:
         image_type.append("SECONDARY")
     ds.ImageType = image_type
-    ds.DerivationDescription = f"Face and ears removed ({masker}, pediface {__version__})"[:1024]
+    description = f"Face and ears removed ({masker}, pediface {__version__})"[:1024]
+    derivation = DicomSequence([_code_item(codes.DCM.PixelByPixelMask)])
+    enhanced = str(ds.SOPClassUID) == ENHANCED_MR and "SharedFunctionalGroupsSequence" in ds
+    if not enhanced:
+        ds.DerivationDescription = description
+    if key is None:
+        return
+    source_sop = str(ds.SOPInstanceUID)
+    new_sop = remap_uid(source_sop, key)
+    reference = _source_reference(str(ds.SOPClassUID), source_sop)
+    ds.SOPInstanceUID = new_sop
+    if getattr(ds, "file_meta", None) is not None:
+        ds.file_meta.MediaStorageSOPInstanceUID = new_sop
+    ds.SeriesInstanceUID = remap_uid(str(ds.SeriesInstanceUID), key)
+    if enhanced:
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        group = Dataset()
+        group.DerivationDescription = description
+        group.DerivationCodeSequence = derivation
+        group.SourceImageSequence = DicomSequence([reference])
+        shared.DerivationImageSequence = DicomSequence([group])
+        for groups in [shared, *(ds.get("PerFrameFunctionalGroupsSequence") or [])]:
+            for item in groups.get("MRImageFrameTypeSequence") or []:
+                if item.get("FrameType"):
+                    frame_type = list(item.FrameType)
+                    frame_type[0] = "DERIVED"
+                    item.FrameType = frame_type
+        return
+    ds.DerivationCodeSequence = derivation
+    ds.SourceImageSequence = DicomSequence([reference])
 
 
 def deface_series(
@@ -57,30 +150,71 @@ def deface_series(
     *,
     remove_ears: bool = True,
 ) -> DefacedSeries:
-    """Deface and de-identify one series held in memory."""
-    volume = build_volume(datasets)
-    mask = masker.predict(volume)
-    if mask.labels.shape != volume.shape:
-        raise MaskingError(f"the masker returned a {mask.labels.shape} mask for a {volume.shape} volume")
-    blank = mask.blank(include_ears=remove_ears)
-    blanked_voxels = int(blank.sum())
-    if blanked_voxels == 0:
-        raise MaskingError("the face mask is empty: nothing would be removed", code="mask.empty")
-    background = int(volume.array.min())
-    blanked = blank_instances(datasets, volume, blank, background)
+    """Deface and de-identify one series held in memory, stack by stack."""
+    split = split_series(datasets)
+    if split.filtered:
+        log.info("instances_filtered", count=len(split.filtered), **split.filtered_counts())
+    if not split.stacks:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in split.filtered_counts().items())
+        raise InputError(f"the series holds no image stack to deface ({kinds})", code="input.no_stack")
+    for stack in split.stacks:
+        if len(stack.frames) < MIN_SLICES:
+            raise InputError(
+                f"stack {stack.label} has {len(stack.frames)} slices; at least {MIN_SLICES} are needed "
+                "to find a face in 3D",
+                code="input.too_few_slices",
+            )
+    decoded: dict[int, np.ndarray] = {}
+    parts: list[StackMask] = []
+    masks: list[FaceMask] = []
+    results: list[StackResult] = []
+    for stack in split.stacks:
+        volume = stack_volume(datasets, stack, decoded)
+        mask = masker.predict(volume)
+        if mask.labels.shape != volume.shape:
+            raise MaskingError(
+                f"the masker returned a {mask.labels.shape} mask for the {volume.shape} stack {stack.label}"
+            )
+        blank = mask.blank(include_ears=remove_ears)
+        blanked = int(blank.sum())
+        if blanked == 0:
+            raise MaskingError(
+                f"the face mask of stack {stack.label} is empty: nothing would be removed", code="mask.empty"
+            )
+        background = int(volume.array.min())
+        parts.append(StackMask(volume, blank, background))
+        masks.append(mask)
+        results.append(StackResult(stack.label, volume.shape, blanked, background, mask.masker))
+    decoded.clear()
+    written = write_back(datasets, parts)
+    expected = {i for s in split.stacks for i in s.instances}
+    if set(written) != expected:
+        raise MaskingError("an instance of a stack was not written back", code="mask.incomplete")
     output = []
-    for ds in blanked:
-        clean = deidentify(ds, policy, key, defaced=True)
-        mark_derived(clean, masker.name)
+    for index in sorted(written):
+        clean = deidentify(written[index], policy, key, defaced=True)
+        mark_derived(clean, masker.name, key)
         output.append(clean)
     uids = {str(ds.SeriesInstanceUID) for ds in output}
     if len(uids) != 1:
         raise DeidentificationError("de-identified instances do not share one Series Instance UID")
+    largest = max(range(len(parts)), key=lambda i: int(np.prod(parts[i].volume.shape)))
+    part = parts[largest]
+    volume = part.volume
     after = Volume(
-        array=np.where(blank, np.asarray(background, dtype=volume.array.dtype), volume.array),
+        array=np.where(part.blank, np.asarray(part.background, dtype=volume.array.dtype), volume.array),
         spacing=volume.spacing,
         origin=volume.origin,
         direction=volume.direction,
         sources=volume.sources,
     )
-    return DefacedSeries(output, volume, after, mask, blanked_voxels, background)
+    return DefacedSeries(
+        datasets=output,
+        before=volume,
+        after=after,
+        mask=masks[largest],
+        blanked_voxels=sum(r.blanked_voxels for r in results),
+        background=part.background,
+        stacks=tuple(results),
+        filtered=tuple(split.filtered),
+    )

@@ -114,7 +114,8 @@ def test_embedded_default_needs_no_redis(tmp_path: Path, processes: Processes) -
     need_shared(UIH)
     port = free_port()
     data_dir = tmp_path / "data"
-    config = write_config(tmp_path / "pediface.yaml", data_dir, port)
+    broker_file = tmp_path / "honest-broker.jsonl"
+    config = write_config(tmp_path / "pediface.yaml", data_dir, port, audit={"honest_broker_file": str(broker_file)})
     run = processes.pediface("run", "run", env={"PEDIFACE_CONFIG": str(config)})
     wait_for_port(port, proc=run)
 
@@ -138,3 +139,23 @@ def test_embedded_default_needs_no_redis(tmp_path: Path, processes: Processes) -
     assert (data_dir / "broker" / "queue").is_dir(), "the embedded folder broker was not used"
     qc = next((data_dir / "spool" / "done").glob("*/qc.png"))
     assert qc.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_audit_trail(data_dir / "audit.jsonl", broker_file, originals)
+
+
+def assert_audit_trail(audit_file: Path, broker_file: Path, originals: list[Path]) -> None:
+    """One line per instance and per series step, with no original identifier; the mapping kept apart."""
+    import pydicom
+
+    text = audit_file.read_text()
+    events = [json.loads(line) for line in text.splitlines()]
+    received = [e for e in events if e["event"] == "instance_received" and e["outcome"] == "stored"]
+    assert len(received) == len(originals)
+    assert len({e["instance"] for e in received}) == len(originals)
+    assert [e["event"] for e in events if e["event"] != "instance_received"] == ["series_processed", "series_sent"]
+    first = pydicom.dcmread(originals[0], stop_before_pixels=True)
+    for original in (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID):
+        assert str(original) not in text, "an original UID is in the audit log"
+    mapping = [json.loads(line) for line in broker_file.read_text().splitlines()]
+    assert len(mapping) == 1 and mapping[0]["study_uid"] == first.StudyInstanceUID
+    assert mapping[0]["output_series_uid"] == events[-1]["output_series"]
+    assert broker_file.stat().st_mode & 0o777 == 0o600
