@@ -8,6 +8,7 @@ are dispatched again.
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from collections.abc import Callable
 
 import pydicom.config
@@ -20,7 +21,7 @@ from pediface.audit import JsonLines
 from pediface.broker import dispatch, make_app, queue_depth
 from pediface.logs import get_logger
 from pediface.settings import Settings
-from pediface.spool import JobManifest, JobState, Spool
+from pediface.spool import JobManifest, JobState, Spool, utcnow
 
 log = get_logger("pediface.gateway")
 
@@ -33,10 +34,12 @@ class Sealer:
         spool: Spool,
         quiet_period_s: float,
         send: Callable[[str], None],
+        stale_after_s: float | None = None,
     ) -> None:
         self.spool = spool
         self.quiet_period_s = quiet_period_s
         self.send = send
+        self.stale_after_s = stale_after_s
 
     def run_once(self) -> list[str]:
         """One pass; returns the ids of the jobs dispatched."""
@@ -49,10 +52,25 @@ class Sealer:
                         "series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances
                     )
         dispatched = []
+        now = utcnow()
         for manifest in self.spool.manifests(self.spool.jobs):
             if manifest.state == JobState.sealed and self._dispatch(manifest):
                 dispatched.append(manifest.job_id)
+            elif manifest.state in (JobState.dispatched, JobState.processing) and self._stale(manifest, now):
+                # The broker lost the task (Redis restarted without its data, a worker died
+                # holding it past the visibility timeout): hand it out again; the task is idempotent.
+                log.warning("job_redispatched", job=manifest.job_id, state=manifest.state.value)
+                if self._dispatch(manifest):
+                    dispatched.append(manifest.job_id)
         return dispatched
+
+    def _stale(self, manifest: JobManifest, now: datetime) -> bool:
+        if self.stale_after_s is None or not manifest.history:
+            return False
+        if (now - manifest.history[-1].at).total_seconds() < self.stale_after_s:
+            return False
+        with self.spool.claim(manifest.job_id) as free:
+            return free  # a worker holding the job's lock is still on it
 
     def recover(self, redispatch_inflight: bool) -> None:
         """At start-up: dispatch again jobs whose task may be lost.
@@ -87,7 +105,11 @@ class Gateway:
         self.spool = Spool(settings.data_dir)
         self.celery = celery_app or make_app(settings, "pediface-gateway")
         self.sealer = Sealer(
-            self.spool, settings.series.quiet_period_s, lambda job: dispatch(self.celery, job)
+            self.spool,
+            settings.series.quiet_period_s,
+            lambda job: dispatch(self.celery, job),
+            # Past the broker's own redelivery horizon a dispatched job is presumed lost.
+            stale_after_s=settings.broker.visibility_timeout_s + 300,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -114,3 +114,22 @@ def test_claim_is_exclusive(spool: Spool) -> None:
 def test_job_ids_are_validated(spool: Spool) -> None:
     with pytest.raises(ValueError):
         spool.job_dir("../../etc")
+
+
+def test_sealer_redispatches_a_job_the_broker_lost_but_not_one_a_worker_holds(spool: Spool) -> None:
+    from datetime import timedelta
+
+    from gateway.server import Sealer
+
+    key = series_key("PACS", "1.2", "1.2.3")
+    spool.store_instance(key, "PACS", "1.2.3.1", b"x")
+    sent: list[str] = []
+    sealer = Sealer(spool, quiet_period_s=0, send=sent.append, stale_after_s=600)
+    (job_id,) = sealer.run_once()
+    assert sealer.run_once() == []  # dispatched a moment ago: not stale
+    manifest = spool.load(job_id)
+    manifest.history[-1].at -= timedelta(seconds=601)
+    spool.save(manifest)
+    with spool.claim(job_id):
+        assert sealer.run_once() == []  # a worker holds it
+    assert sealer.run_once() == [job_id] and sent == [job_id, job_id]
