@@ -133,8 +133,11 @@ class WorkerSettings(_Section):
 
     concurrency: int = Field(1, ge=1, description="Series processed at once per worker process group.")
     queue: str = Field("pediface", description="Celery queue the gateway sends to and workers consume.")
-    max_delivery_attempts: int = Field(
-        8, ge=1, description="Delivery attempts before a series is quarantined as undeliverable."
+    delivery_horizon_s: float = Field(
+        86400.0,
+        gt=0,
+        description="Keep retrying a failed delivery for this long after the first failure; then the "
+        "series goes to quarantine (dead letter) for a person to retry.",
     )
     retry_backoff_s: float = Field(10.0, gt=0, description="First delay between delivery attempts; doubles.")
     retry_backoff_max_s: float = Field(600.0, gt=0, description="Longest delay between delivery attempts.")

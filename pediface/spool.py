@@ -115,6 +115,7 @@ class JobManifest(BaseModel):
     reason: str | None = None
     reason_code: str | None = None
     n_sent: int = 0
+    first_delivery_failure: datetime | None = None
     n_filtered: int = 0  # deliberately not forwarded (localizers, raw data, presentation states)
     filtered: dict[str, int] = Field(default_factory=dict)  # by kind
     output_series_uid: str | None = None  # the pseudonymous UID of the delivered series

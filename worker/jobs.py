@@ -22,7 +22,7 @@ from pediface.audit import JsonLines
 from pediface.errors import PermanentError, RetryableError
 from pediface.logs import get_logger
 from pediface.settings import Settings
-from pediface.spool import JobManifest, JobState, Spool
+from pediface.spool import JobManifest, JobState, Spool, utcnow
 from worker.deface.base import FaceMasker
 from worker.deid import DeidPolicy
 from worker.delivery import deliver
@@ -85,9 +85,14 @@ class JobRunner:
             except PermanentError as exc:
                 return self._quarantine(manifest, str(exc), exc.code)
             except RetryableError as exc:
-                if manifest.attempts >= self.settings.worker.max_delivery_attempts:
+                now = utcnow()
+                manifest.first_delivery_failure = manifest.first_delivery_failure or now
+                failing_s = (now - manifest.first_delivery_failure).total_seconds()
+                if failing_s >= self.settings.worker.delivery_horizon_s:
                     return self._quarantine(
-                        manifest, f"not delivered after {manifest.attempts} attempts: {exc}", exc.code
+                        manifest,
+                        f"not delivered within {failing_s / 3600:.1f} h ({manifest.attempts} attempts): {exc}",
+                        "delivery.dead_letter",
                     )
                 self.spool.save(manifest.to(JobState.dispatched, f"will retry: {exc}"))
                 log.warning(

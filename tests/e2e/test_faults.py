@@ -129,7 +129,7 @@ def test_archive_down_then_back_is_delivered_after_retries(
     archive_port = free_port()
     env, data_dir, port = config(
         tmp_path,
-        worker={"retry_backoff_s": 1, "retry_backoff_max_s": 2, "max_delivery_attempts": 30},
+        worker={"retry_backoff_s": 1, "retry_backoff_max_s": 2, "delivery_horizon_s": 300},
         destination={"kind": "dicom", "ae_title": "ARCHIVE", "port": archive_port, "timeout_s": 5},
     )
     run = processes.pediface("run", "run", env=env)
@@ -256,3 +256,37 @@ def test_quarantine_list_retry_purge_from_the_command_line(tmp_path: Path, small
     purged = subprocess.run([*cli, "purge", "--yes", manifest.job_id], capture_output=True, text=True, env=full_env)
     assert purged.returncode == 0 and not (spool.quarantine_dir / manifest.job_id).exists()
     shutil.rmtree(data_dir)
+
+
+def test_undeliverable_series_becomes_a_dead_letter_after_the_horizon(
+    tmp_path: Path, small_series: list[Path]
+) -> None:
+    from pediface.errors import DeliveryError
+    from pediface.settings import load_settings
+    from pediface.spool import Spool, series_key
+    from worker.app import build_masker
+    from worker.jobs import JobRunner
+
+    env, data_dir, _ = config(
+        tmp_path,
+        worker={"delivery_horizon_s": 0.5},
+        destination={"kind": "dicom", "ae_title": "ARCHIVE", "port": free_port(), "timeout_s": 2},
+    )
+    spool = Spool(data_dir)
+    key = series_key("PACS", "1.2.3", "1.2.3.4")
+    for path in small_series:
+        sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        spool.store_instance(key, "PACS", sop_uid, path.read_bytes())
+    manifest = spool.seal(key, quiet_period_s=0)
+    assert manifest is not None
+    settings = load_settings(Path(env["PEDIFACE_CONFIG"]))
+    runner = JobRunner(settings, lambda: build_masker(settings))
+    with pytest.raises(DeliveryError):
+        runner.run(manifest.job_id)  # first failure: retry later
+    assert spool.load(manifest.job_id).state.value == "dispatched"
+    time.sleep(0.6)
+    outcome = runner.run(manifest.job_id)  # past the horizon: dead letter, files kept for a retry
+    assert outcome.state == "quarantined"
+    final = spool.load(manifest.job_id)
+    assert final.reason_code == "delivery.dead_letter" and "not delivered within" in (final.reason or "")
+    assert final.attempts == 2 and len(spool.instance_files(manifest.job_id)) == len(small_series)
