@@ -30,6 +30,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
+        # Task events for Flower and `celery events` (no result backend needed).
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
         "broker_connection_retry_on_startup": True,
     }
     if settings.embedded_broker:

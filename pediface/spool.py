@@ -118,7 +118,8 @@ class JobManifest(BaseModel):
     first_delivery_failure: datetime | None = None
     n_filtered: int = 0  # deliberately not forwarded (localizers, raw data, presentation states)
     filtered: dict[str, int] = Field(default_factory=dict)  # by kind
-    output_series_uid: str | None = None  # the pseudonymous UID of the delivered series
+    output_series_uid: str | None = None
+    follows: str | None = None  # the delivered job this one completes with late instances  # the pseudonymous UID of the delivered series
     history: list[StateChange] = Field(default_factory=list)
 
     def to(self, state: JobState, note: str = "") -> JobManifest:
@@ -222,6 +223,16 @@ class Spool:
             if age < quiet_period_s:
                 return None
             source = _read_json(series_dir / "source.json") or {}
+            previous = self._last_delivered(key)
+            if previous is not None:
+                # Late instances of a series already delivered: the follow-up job carries the
+                # whole series, so the archive gets it complete and, the output UIDs being
+                # derived from the input UIDs, with the same UIDs as before.
+                for earlier in (self.done / previous.job_id / "instances").glob("*.dcm"):
+                    target = series_dir / earlier.name
+                    if not target.exists():
+                        os.link(earlier, target)
+                fsync_dir(series_dir)
             files = [p for p in series_dir.glob("*.dcm")]
             job_id = new_job_id(key)
             job_dir = self.jobs / job_id
@@ -231,12 +242,22 @@ class Spool:
                 series_key=key,
                 calling_ae=str(source.get("calling_ae", "")),
                 n_instances=len(files),
-            ).to(JobState.sealed, f"{len(files)} instances, quiet for {age:.0f} s")
+                follows=previous.job_id if previous else None,
+            ).to(
+                JobState.sealed,
+                f"{len(files)} instances, quiet for {age:.0f} s"
+                + (f"; follow-up of {previous.job_id} with late instances" if previous else ""),
+            )
             self._write_manifest(job_dir, manifest)
             os.rename(series_dir, job_dir / "instances")
             fsync_dir(job_dir)
             fsync_dir(self.incoming)
             return manifest
+
+    def _last_delivered(self, key: str) -> JobManifest | None:
+        """The newest delivered job of a series, if any."""
+        found = [m for m in self.manifests(self.done) if m.series_key == key and m.state == JobState.sent]
+        return max(found, key=lambda m: m.created_at) if found else None
 
     def quarantine_rejected(self, data: bytes, calling_ae: str, reason: str, code: str) -> JobManifest:
         """Keep an instance the gateway refused, with the reason, for a person to look at."""

@@ -133,3 +133,24 @@ def test_sealer_redispatches_a_job_the_broker_lost_but_not_one_a_worker_holds(sp
     with spool.claim(job_id):
         assert sealer.run_once() == []  # a worker holds it
     assert sealer.run_once() == [job_id] and sent == [job_id, job_id]
+
+
+def test_late_instance_after_delivery_makes_a_complete_follow_up_job(spool: Spool) -> None:
+    key = series_key("PACS", "1.2", "1.2.3")
+    for n in range(3):
+        spool.store_instance(key, "PACS", f"1.2.3.{n}", f"instance {n}".encode())
+    first = spool.seal(key, quiet_period_s=0)
+    assert first is not None
+    spool.finish(first, 3)
+    spool.store_instance(key, "PACS", "1.2.3.9", b"late")
+    spool.store_instance(key, "PACS", "1.2.3.1", b"resent")  # already delivered: the first copy stays
+    follow_up = spool.seal(key, quiet_period_s=0)
+    assert follow_up is not None and follow_up.follows == first.job_id
+    names = sorted(p.name for p in spool.instance_files(follow_up.job_id))
+    assert names == ["1.2.3.0.dcm", "1.2.3.1.dcm", "1.2.3.2.dcm", "1.2.3.9.dcm"]
+    assert follow_up.n_instances == 4
+    assert (spool.job_dir(follow_up.job_id) / "instances" / "1.2.3.1.dcm").read_bytes() == b"resent"
+    # Another peer's series with the same UIDs is a different series.
+    other = series_key("OTHER", "1.2", "1.2.3")
+    spool.store_instance(other, "OTHER", "1.2.3.5", b"x")
+    assert spool.seal(other, quiet_period_s=0).follows is None
