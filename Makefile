@@ -23,12 +23,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # dcmtk: the DICOM peers of the tests (storescu, storescp, echoscu); openssl for the TLS test;
 # docker-compose (the client only) to validate docker-compose.yml; redis-server for the fault tests.
 # dicom3tools: dciodvfy checks de-identified output against the IODs.
-SYSTEM_TOOLS := storescu storescp echoscu openssl docker-compose redis-server dciodvfy
+# orthanc: a real PACS and research archive for the end-to-end test and the ingest benchmark.
+SYSTEM_TOOLS := storescu storescp echoscu openssl docker-compose redis-server dciodvfy Orthanc
 system-deps:
 	@missing=0; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	[ $$missing = 0 ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    dcmtk openssl docker-compose redis-server dicom3tools; }
+	    dcmtk openssl docker-compose redis-server dicom3tools orthanc; }
 
 # The Redis end-to-end test needs a server on 127.0.0.1:6379 (the embedded default does not).
 redis:
@@ -49,7 +50,10 @@ test-fast: setup
 
 bench: setup system-deps
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.volume
+	$(BIN)/python -m bench.deid
 
 lint: setup
 	$(BIN)/ruff check .
