@@ -15,12 +15,13 @@ import pydicom.config
 from celery import Celery
 
 from gateway.access import AccessPolicy
+from gateway.routing import decide, read_header
 from gateway.scp import ReceiptAudit, build_ae, handlers, tls_context
 from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
 from pediface.audit import JsonLines
 from pediface.broker import dispatch, make_app, queue_depth
 from pediface.logs import get_logger
-from pediface.settings import Settings
+from pediface.settings import RoutingSettings, Settings
 from pediface.spool import JobManifest, JobState, Spool, utcnow
 
 log = get_logger("pediface.gateway")
@@ -35,11 +36,13 @@ class Sealer:
         quiet_period_s: float,
         send: Callable[[str], None],
         stale_after_s: float | None = None,
+        routing: RoutingSettings | None = None,
     ) -> None:
         self.spool = spool
         self.quiet_period_s = quiet_period_s
         self.send = send
         self.stale_after_s = stale_after_s
+        self.routing = routing or RoutingSettings()
 
     def run_once(self) -> list[str]:
         """One pass; returns the ids of the jobs dispatched."""
@@ -48,6 +51,7 @@ class Sealer:
                 manifest = self.spool.seal(key, self.quiet_period_s)
                 if manifest is not None:
                     SERIES_SEALED.inc()
+                    self._route(manifest)
                     log.info(
                         "series_complete", series=key, job=manifest.job_id, instances=manifest.n_instances
                     )
@@ -63,6 +67,21 @@ class Sealer:
                 if self._dispatch(manifest):
                     dispatched.append(manifest.job_id)
         return dispatched
+
+    def _route(self, manifest: JobManifest) -> None:
+        """Drop the series here if a routing rule says so; it is then never dispatched."""
+        if not self.routing.rules and self.routing.default_action == "process":
+            return
+        files = self.spool.instance_files(manifest.job_id)
+        try:
+            decision = decide(self.routing, read_header(files[0]))
+        except (OSError, ValueError, IndexError) as exc:
+            # Unreadable here means unreadable for the worker too: let it quarantine with the reason.
+            log.warning("routing_header_unreadable", job=manifest.job_id, error=str(exc))
+            return
+        if decision.action == "drop":
+            self.spool.drop(manifest, f"dropped by routing rule '{decision.rule}'")
+            log.info("series_dropped", job=manifest.job_id, rule=decision.rule, instances=manifest.n_instances)
 
     def _stale(self, manifest: JobManifest, now: datetime) -> bool:
         if self.stale_after_s is None or not manifest.history:
@@ -110,6 +129,7 @@ class Gateway:
             lambda job: dispatch(self.celery, job),
             # Past the broker's own redelivery horizon a dispatched job is presumed lost.
             stale_after_s=settings.broker.visibility_timeout_s + 300,
+            routing=settings.routing,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -143,6 +143,41 @@ class WorkerSettings(_Section):
     retry_backoff_max_s: float = Field(600.0, gt=0, description="Longest delay between delivery attempts.")
 
 
+class RoutingRule(_Section):
+    """One rule: every criterion given must match (regexes are searched, case as written)."""
+
+    name: str = Field(description="Name shown in logs and job records.")
+    action: Literal["process", "drop"] = Field(description="'process' defaces and delivers; 'drop' does not.")
+    modality: list[str] = Field(default_factory=list, description="Modality values, e.g. [MR]. Empty: any.")
+    body_part: str | None = Field(None, description="Regex on Body Part Examined.")
+    series_description: str | None = Field(None, description="Regex on Series Description.")
+    protocol_name: str | None = Field(None, description="Regex on Protocol Name.")
+    sop_class: list[str] = Field(default_factory=list, description="SOP Class UIDs. Empty: any.")
+
+    @field_validator("body_part", "series_description", "protocol_name")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+
+class RoutingSettings(_Section):
+    """Which complete series are processed and which are dropped, decided when a series is sealed."""
+
+    rules: list[RoutingRule] = Field(
+        default_factory=list,
+        description="Rules tried in order; the first that matches decides. Each: name, action (process|drop), "
+        "and any of modality, body_part, series_description, protocol_name, sop_class.",
+    )
+    default_action: Literal["process", "drop"] = Field(
+        "process", description="What happens to a series no rule matches."
+    )
+
+
 class MaskerKind(StrEnum):
     template = "template"
 
@@ -277,6 +312,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     series: SeriesSettings = Field(default_factory=SeriesSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     deface: DefaceSettings = Field(default_factory=DefaceSettings)

@@ -94,6 +94,7 @@ class JobState(StrEnum):
     processing = "processing"
     sent = "sent"
     quarantined = "quarantined"
+    dropped = "dropped"  # deliberately not processed (a routing rule); kept in done/
 
 
 class StateChange(BaseModel):
@@ -335,6 +336,11 @@ class Spool:
         manifest.n_sent = n_sent
         manifest.reason = manifest.reason_code = None
         self._move(manifest.to(JobState.sent, f"{n_sent} instances delivered"), self.done)
+
+    def drop(self, manifest: JobManifest, reason: str) -> None:
+        """Record that a job is deliberately not processed and move it to done/."""
+        manifest.reason, manifest.reason_code = reason, "routing.drop"
+        self._move(manifest.to(JobState.dropped, reason), self.done)
 
     def quarantine(self, manifest: JobManifest, reason: str, code: str) -> None:
         """Move a job to quarantine/ with a reason a person can read."""
