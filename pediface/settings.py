@@ -17,10 +17,10 @@ import re
 import secrets
 from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "PEDIFACE_CONFIG"
@@ -33,6 +33,9 @@ def _check_ae_title(value: str) -> str:
     return value.strip()
 
 
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,17 +43,13 @@ class _Section(BaseModel):
 class PeerSettings(_Section):
     """One sender allowed to associate: its calling AE title and where it may connect from."""
 
-    ae_title: str = Field(description="Calling AE title of the PACS, router or scanner.")
+    ae_title: AETitle = Field(description="Calling AE title of the PACS, router or scanner.")
     hosts: list[str] = Field(
         description="Addresses it connects from: IP addresses, CIDR networks or host names (resolved at start).",
         min_length=1,
     )
     max_associations: int = Field(4, ge=1, description="Associations it may hold open at once.")
 
-    @field_validator("ae_title")
-    @classmethod
-    def _valid_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
 
 class TlsSettings(_Section):
@@ -66,7 +65,7 @@ class TlsSettings(_Section):
 class DicomSettings(_Section):
     """The Storage SCP that PACS and scanners send to."""
 
-    ae_title: str = Field("PEDIFACE", description="Called AE title the SCP answers to.")
+    ae_title: AETitle = Field("PEDIFACE", description="Called AE title the SCP answers to.")
     host: str = Field(
         "127.0.0.1",
         description="Address to listen on. 0.0.0.0 / :: to accept other machines (then restrict peers).",
@@ -87,10 +86,6 @@ class DicomSettings(_Section):
     )
     network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
 
-    @field_validator("ae_title")
-    @classmethod
-    def _valid_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
 
 class SeriesSettings(_Section):
@@ -256,16 +251,12 @@ class DestinationSettings(_Section):
         DestinationKind.folder, description="'folder' writes files; 'dicom' sends them with C-STORE."
     )
     folder: Path | None = Field(None, description="kind=folder: target folder. Empty: <data_dir>/archive.")
-    ae_title: str = Field("ARCHIVE", description="kind=dicom: called AE title of the archive.")
+    ae_title: AETitle = Field("ARCHIVE", description="kind=dicom: called AE title of the archive.")
     host: str = Field("127.0.0.1", description="kind=dicom: host of the archive.")
     port: int = Field(104, ge=1, le=65535, description="kind=dicom: port of the archive.")
-    calling_ae_title: str = Field("PEDIFACE", description="kind=dicom: our AE title towards the archive.")
+    calling_ae_title: AETitle = Field("PEDIFACE", description="kind=dicom: our AE title towards the archive.")
     timeout_s: float = Field(60.0, gt=0, description="kind=dicom: association and DIMSE timeout.")
 
-    @field_validator("ae_title", "calling_ae_title")
-    @classmethod
-    def _valid_ae(cls, value: str) -> str:
-        return _check_ae_title(value)
 
 
 class YamlSource(PydanticBaseSettingsSource):
