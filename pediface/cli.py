@@ -182,6 +182,9 @@ def deface(
 def demo(
     config: ConfigOption = None,
     timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,
+    input_folder: Annotated[
+        Path | None, typer.Option("--input", help="Send this folder's series instead (one series).")
+    ] = None,
 ) -> None:
     """Send a real head MRI through an embedded gateway and worker, and show the result.
 
@@ -191,7 +194,7 @@ def demo(
     from pediface.demo import run_demo
 
     settings = _settings(config)
-    code = run_demo(settings, _worker_process, timeout_s)
+    code = run_demo(settings, _worker_process, timeout_s, input_folder)
     raise typer.Exit(code)
 
 
@@ -308,7 +311,8 @@ class _worker_process:
     """Context manager: a ``pediface worker`` child process with this process's settings."""
 
     def __enter__(self) -> subprocess.Popen:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pediface", "worker"])
+        # The worker's banner and logs go to stderr: stdout stays for this command's own answer.
+        self.proc = subprocess.Popen([sys.executable, "-m", "pediface", "worker"], stdout=sys.stderr)
         return self.proc
 
     def __exit__(self, *exc: object) -> None:

@@ -32,8 +32,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def demo_input(work: Path) -> tuple[str, list[Path]]:
-    """The series to send: the shared UIH head if present, else a sample made from the template."""
+def demo_input(work: Path, folder: Path | None = None) -> tuple[str, list[Path]]:
+    """The series to send: ``folder``, else the shared UIH head if present, else a sample made from the template."""
+    if folder is not None:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return f"series in {folder}", files
     if SHARED_UIH.is_dir():
         return "UIH uMR770 3D T1 (../shared/data/dicom)", sorted(SHARED_UIH.glob("*.dcm"))
     from worker.sample import write_sample_series
@@ -55,7 +58,10 @@ def wait_for_job(spool: Spool, calling_ae: str, since: float, timeout_s: float) 
 
 
 def run_demo(
-    settings: Settings, worker_process: Callable[[], AbstractContextManager], timeout_s: float
+    settings: Settings,
+    worker_process: Callable[[], AbstractContextManager],
+    timeout_s: float,
+    folder: Path | None = None,
 ) -> int:
     """Run the demo; returns the exit status (0 when the series was delivered)."""
     from gateway.server import Gateway
@@ -70,7 +76,7 @@ def run_demo(
             "series": settings.series.model_copy(update={"quiet_period_s": 3.0}),
         }
     )
-    what, files = demo_input(work)
+    what, files = demo_input(work, folder)
     print(
         f"pediface demo: sending {len(files)} instances ({what}) to {settings.dicom.ae_title}@127.0.0.1:{port}"
     )

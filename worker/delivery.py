@@ -80,6 +80,11 @@ def fit_transfer_syntax(ds: Dataset, accepted: set[str]) -> Dataset:
         )
     if ts.is_compressed:
         ds.decompress(generate_instance_uid=False)
+    # Decode every element with the encoding it was read in, then declare the new one:
+    # relabelling alone would leave raw elements to be parsed, or written, in the wrong VR mode.
+    for _ in ds.iterall():
+        pass
+    ds.set_original_encoding(target.is_implicit_VR, target.is_little_endian)
     ds.file_meta.TransferSyntaxUID = target
     log.info("transcoded_for_destination", source=ts.name, target=target.name)
     return ds
@@ -96,7 +101,10 @@ def _to_scp(files: Sequence[Path], destination: DestinationSettings) -> int:
         # One context per proposed syntax, so the destination can accept some and reject others.
         for syntax in sorted(syntaxes - set(_UNCOMPRESSED)):
             ae.add_requested_context(sop_class, [syntax])
-        ae.add_requested_context(sop_class, _UNCOMPRESSED)
+        # Explicit and implicit VR in contexts of their own: the destination may accept both,
+        # and explicit-VR files then travel as they are.
+        for syntax in _UNCOMPRESSED:
+            ae.add_requested_context(sop_class, [syntax])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
     if not assoc.is_established:
