@@ -158,6 +158,30 @@ class Spool:
                 if entry.is_file() and entry.stat().st_mtime < cutoff:
                     os.unlink(entry.path)
 
+    def expire_delivered(self, older_than_s: float) -> list[str]:
+        """Delete the files of delivered or dropped jobs finished more than ``older_than_s`` ago.
+
+        The received instances are PHI and the QC picture shows a face: once the series is
+        in the archive they are kept only as long as a site wants to be able to resend.
+        ``job.json`` stays as the record of what happened.
+        """
+        cutoff = utcnow().timestamp() - older_than_s
+        expired = []
+        for manifest in self.manifests(self.done):
+            if not manifest.history or manifest.history[-1].at.timestamp() > cutoff:
+                continue
+            job_dir = self.done / manifest.job_id
+            leftovers = [job_dir / "instances", job_dir / "out", job_dir / "qc.png"]
+            if not any(p.exists() for p in leftovers):
+                continue
+            for path in leftovers:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            expired.append(manifest.job_id)
+        return expired
+
     def purge(self, job_id: str) -> None:
         """Delete a quarantined job for good (its files included)."""
         target = self.quarantine_dir / job_id
@@ -257,7 +281,11 @@ class Spool:
 
     def _last_delivered(self, key: str) -> JobManifest | None:
         """The newest delivered job of a series, if any."""
-        found = [m for m in self.manifests(self.done) if m.series_key == key and m.state == JobState.sent]
+        found = [
+            m
+            for m in self.manifests(self.done)
+            if m.series_key == key and m.state == JobState.sent and (self.done / m.job_id / "instances").is_dir()
+        ]
         return max(found, key=lambda m: m.created_at) if found else None
 
     def quarantine_rejected(self, data: bytes, calling_ae: str, reason: str, code: str) -> JobManifest:

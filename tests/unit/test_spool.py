@@ -154,3 +154,20 @@ def test_late_instance_after_delivery_makes_a_complete_follow_up_job(spool: Spoo
     other = series_key("OTHER", "1.2", "1.2.3")
     spool.store_instance(other, "OTHER", "1.2.3.5", b"x")
     assert spool.seal(other, quiet_period_s=0).follows is None
+
+
+def test_delivered_files_expire_but_the_record_stays(spool: Spool) -> None:
+    key = series_key("PACS", "1.2", "1.2.3")
+    spool.store_instance(key, "PACS", "1.2.3.1", b"x")
+    manifest = spool.seal(key, quiet_period_s=0)
+    assert manifest is not None
+    (spool.jobs / manifest.job_id / "qc.png").write_bytes(b"png")
+    spool.finish(manifest, 1)
+    assert spool.expire_delivered(older_than_s=3600) == []  # too recent
+    assert spool.expire_delivered(older_than_s=0) == [manifest.job_id]
+    job_dir = spool.done / manifest.job_id
+    assert sorted(p.name for p in job_dir.iterdir() if not p.name.startswith(".")) == ["job.json"]
+    assert spool.load(manifest.job_id).state == JobState.sent
+    # A late instance now makes a job of its own (nothing left to merge with).
+    spool.store_instance(key, "PACS", "1.2.3.2", b"late")
+    assert spool.seal(key, quiet_period_s=0).follows is None
