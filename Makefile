@@ -24,12 +24,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # docker-compose (the client only) to validate docker-compose.yml; redis-server for the fault tests.
 # dicom3tools: dciodvfy checks de-identified output against the IODs.
 # orthanc: a real PACS and research archive for the end-to-end test and the ingest benchmark.
-SYSTEM_TOOLS := storescu storescp echoscu openssl docker-compose redis-server dciodvfy Orthanc
+# chromium: the headless browser of the web console test.
+SYSTEM_TOOLS := storescu storescp echoscu openssl docker-compose redis-server dciodvfy Orthanc chromium
 system-deps:
 	@missing=0; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
 	[ $$missing = 0 ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    dcmtk openssl docker-compose redis-server dicom3tools orthanc; }
+	    dcmtk openssl docker-compose redis-server dicom3tools orthanc chromium; }
 
 # The Redis end-to-end test needs a server on 127.0.0.1:6379 (the embedded default does not).
 redis:

@@ -8,6 +8,7 @@ are dispatched again.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ import pydicom.config
 from celery import Celery
 
 from gateway.access import AccessPolicy
+from gateway.console import Console
 from gateway.routing import decide, read_header
 from gateway.scp import ReceiptAudit, build_ae, handlers, tls_context
 from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
@@ -136,6 +138,15 @@ class Gateway:
         self._server = None
         self.status: StatusServer | None = None
         self._collector: SpoolCollector | None = None
+        # Built here so that an unsafe console configuration stops the gateway before it listens.
+        self.console: Console | None = None
+        if settings.metrics.port and settings.console.enabled:
+            self.console = Console(
+                settings,
+                self.spool,
+                dispatch=lambda job: self.sealer.send(job),
+                queue_depth=lambda: queue_depth(self.settings),
+            )
 
     def start(self) -> None:
         dicom = self.settings.dicom
@@ -160,7 +171,7 @@ class Gateway:
         if metrics.port:
             self._collector = SpoolCollector(self.spool, lambda: queue_depth(self.settings))
             REGISTRY.register(self._collector)
-            self.status = StatusServer(metrics.host, metrics.port, self.ready)
+            self.status = StatusServer(metrics.host, metrics.port, self.ready, console=self.console)
             self.status.start()
         log.info(
             "gateway_listening",
@@ -173,10 +184,15 @@ class Gateway:
         )
 
     def _seal_loop(self) -> None:
+        next_cleanup = 0.0
         while not self._stop.wait(self.settings.series.poll_interval_s):
             try:
                 self.sealer.run_once()
-            except Exception:
+                if time.monotonic() >= next_cleanup:
+                    next_cleanup = time.monotonic() + 60
+                    for job_id in self.spool.expire_delivered(self.settings.spool.retain_delivered_s):
+                        log.info("delivered_files_expired", job=job_id)
+            except Exception:  # the loop must outlive one bad pass; the log has the traceback
                 log.exception("sealer_pass_failed")
 
     def ready(self) -> tuple[bool, str]:

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from gateway.console import MAX_BODY_BYTES, Console
 from pediface.logs import get_logger
 from pediface.spool import JobManifest, JobState, Spool
 
@@ -92,8 +93,11 @@ class SpoolCollector(Collector):
 class StatusServer:
     """A small threaded HTTP server; ``ready`` decides ``/readyz``."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], tuple[bool, str]]) -> None:
+    def __init__(
+        self, host: str, port: int, ready: Callable[[], tuple[bool, str]], console: Console | None = None
+    ) -> None:
         self.ready = ready
+        self.console = console
         handler = self._handler()
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -122,8 +126,35 @@ class StatusServer:
                     self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain")
                 elif self.path == "/metrics":
                     self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                elif server.console is not None and server.console.handles(self.path):
+                    self._console("GET")
                 else:
                     self._send(404, b"not found\n", "text/plain")
+
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                if server.console is None or not server.console.handles(self.path):
+                    self._send(404, b"not found\n", "text/plain")
+                    return
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if not 0 <= length <= MAX_BODY_BYTES:
+                    self.close_connection = True
+                    self._send(413, b"request body too large\n", "text/plain")
+                    return
+                self._console("POST", self.rfile.read(length))
+
+            def _console(self, method: str, body: bytes = b"") -> None:
+                assert server.console is not None
+                response = server.console.handle(method, self.path, self.headers, body)
+                self.send_response(response.status)
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", response.content_type)
+                self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                self.wfile.write(response.body)
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)

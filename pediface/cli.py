@@ -274,6 +274,15 @@ def quarantine_purge(
     raise typer.Exit(status)
 
 
+@app.command()
+def status(config: ConfigOption = None) -> None:
+    """Print queue depth, open series, jobs by state and the most recent failures as a table."""
+    from pediface.status_report import status_table
+
+    settings = _settings(config)
+    typer.echo(status_table(settings), nl=False)
+
+
 @app.command("config")
 def show_config(
     config: ConfigOption = None,

@@ -100,6 +100,18 @@ class SeriesSettings(_Section):
     poll_interval_s: float = Field(1.0, gt=0, description="How often the gateway checks for complete series.")
 
 
+class SpoolSettings(_Section):
+    """How long the spool keeps what it no longer needs."""
+
+    retain_delivered_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="After a series is delivered (or dropped), its received instances, output files and QC "
+        "picture are deleted after this long; job.json stays. Late instances arriving later make a job "
+        "of their own. 0: delete at once.",
+    )
+
+
 class MetricsSettings(_Section):
     """The gateway's HTTP endpoints: /healthz, /readyz and Prometheus /metrics."""
 
@@ -259,6 +271,38 @@ class DestinationSettings(_Section):
 
 
 
+class ConsoleSettings(_Section):
+    """The web console at / on the HTTP endpoints (metrics.host, metrics.port)."""
+
+    enabled: bool = Field(
+        True,
+        description="Serve the web console (series list, QC pictures, quarantine) beside /metrics. It refuses "
+        "to start on a metrics.host other than 127.0.0.1/::1 unless username and password_hash are set.",
+    )
+    username: str | None = Field(
+        None, description="Login name for HTTP Basic authentication. Set with password_hash: login required."
+    )
+    password_hash: SecretStr | None = Field(
+        None,
+        description="scrypt or pbkdf2_sha256 hash of the password, made with `python -m gateway.console "
+        "hash-password`; never the password itself.",
+    )
+    allow_retry: bool = Field(
+        False, description="Permission to retry quarantined series from the console (a Retry button)."
+    )
+    honest_broker: bool = Field(
+        False,
+        description="Honest-broker permission: also show the calling AE title of each series. The console never "
+        "shows patient names, patient IDs or original UIDs.",
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ConsoleSettings:
+        if (self.username is None) != (self.password_hash is None):
+            raise ValueError("console.username and console.password_hash must be set together")
+        return self
+
+
 class YamlSource(PydanticBaseSettingsSource):
     """Reads the YAML file named by ``_config_file`` or ``PEDIFACE_CONFIG``."""
 
@@ -302,6 +346,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     series: SeriesSettings = Field(default_factory=SeriesSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
@@ -310,6 +355,7 @@ class Settings(BaseSettings):
     deid: DeidSettings = Field(default_factory=DeidSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     destination: DestinationSettings = Field(default_factory=DestinationSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     # Set by load(); not a setting.
     _config_file: Path | None = None

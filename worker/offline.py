@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import InputError
+from pediface.progress import steps
 from pediface.settings import Settings
 from pediface.spool import atomic_write
 from worker.deid import DeidPolicy
@@ -35,13 +36,17 @@ def deface_path(input_path: Path, output: Path, settings: Settings, *, qc: bool 
 
     if not input_path.exists():
         raise FileNotFoundError(f"{input_path} does not exist")
+    if not (input_path.is_dir() or (input_path.is_file() and is_nifti(input_path))):
+        raise ValueError(f"{input_path} is neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files")
     output.mkdir(parents=True, exist_ok=True)
-    masker = build_masker(settings)
-    if input_path.is_file() and is_nifti(input_path):
+    # A bar on stderr when it is a terminal: loading the model and masking take a while on a CPU.
+    with steps(2, f"defacing {input_path.name}") as bar:
+        bar.step("loading the masker")
+        masker = build_masker(settings)
+        bar.step("masking and writing")
+        if input_path.is_dir():
+            return _deface_dicom(input_path, output, masker, settings, qc)
         return _deface_nifti(input_path, output, masker, settings, qc)
-    if input_path.is_dir():
-        return _deface_dicom(input_path, output, masker, settings, qc)
-    raise ValueError(f"{input_path} is neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files")
 
 
 def _deface_nifti(path: Path, output: Path, masker, settings: Settings, qc: bool) -> list[Path]:
