@@ -536,8 +536,8 @@ class Console:
 <p id="reason">{_e(row.reason or "-")}</p>{action}</div>"""
         if row.has_qc:
             qc = (
-                f'<img class="qc" id="qc" src="/console/jobs/{_e(row.job_id)}/qc.png" width="640" '
-                'height="660" alt="before/after: mid-sagittal slice and front surface render, mask outlined">'
+                f'<img class="qc" id="qc" src="/console/jobs/{_e(row.job_id)}/qc.png" width="960" '
+                'height="660" alt="before/after: mid-sagittal slice, front and side surface renders, mask outlined">'
                 '<p class="muted">Top: before; bottom: after. Red outline: the face mask; yellow: the ears.'
                 "</p>"
             )

@@ -30,7 +30,7 @@ PANEL_PX = 320
 TITLE_PX = 20
 """Height of the title band above the panels, in pixels (present even without a title)."""
 
-QC_SIZE = (2 * PANEL_PX, TITLE_PX + 2 * PANEL_PX)
+QC_SIZE = (3 * PANEL_PX, TITLE_PX + 2 * PANEL_PX)
 """(width, height) of the PNG written by :func:`render_before_after`."""
 
 _FACE_RGB = (255, 40, 40)
@@ -253,9 +253,9 @@ def render_before_after(
 ) -> Path:
     """Write the before/after QC picture of one defaced series.
 
-    Two rows (before, after) by two columns (mid-sagittal slice with the mask
-    outlined in red, ears in yellow; depth-shaded surface seen from the front,
-    the masked surface tinted red in the before row). The sagittal plane goes
+    Two rows (before, after) by three columns (mid-sagittal slice with the mask
+    outlined in red, ears in yellow; depth-shaded surface seen from the front and
+    from the patient's left, the masked surface tinted in the before row). The sagittal plane goes
     through the head's centre of mass in patient coordinates; both rows use the
     plane, intensity window and head threshold of ``before``.
 
@@ -308,17 +308,33 @@ def render_before_after(
         hit_labels = np.take_along_axis(labels_grid.array, first[:, None, :], axis=1)[:, 0, :]
         tint = hit_labels != FaceLabel.BACKGROUND
 
+    # The side view is the front view's ray casting on the volume turned a quarter:
+    # rays run from the patient's left (high x) to the right, so the face looks left.
+    def from_left(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[:, :, ::-1].transpose(0, 2, 1))
+
+    side_smooth = from_left(before_smooth)
+    side_hit, side_depth = _front_depth(side_smooth, threshold)
+    side_tint = None
+    if labels_grid is not None:
+        first = np.clip(np.ceil(side_depth).astype(int), 0, side_smooth.shape[1] - 1)
+        side_labels = np.take_along_axis(from_left(labels_grid.array), first[:, None, :], axis=1)[:, 0, :]
+        side_tint = side_labels != FaceLabel.BACKGROUND
+    after_smooth = _smoothed(after_grid)
+
     panels = [
         _sagittal(before_grid, x_index, window, labels_grid),
         _shade_front(before_hit, before_depth, tint),
+        _shade_front(side_hit, side_depth, side_tint),
         _sagittal(after_grid, x_index, window, labels_grid),
+        _shade_front(*_front_depth(after_smooth, threshold), None, _depth_range(before_hit, before_depth)),
         _shade_front(
-            *_front_depth(_smoothed(after_grid), threshold), None, _depth_range(before_hit, before_depth)
+            *_front_depth(from_left(after_smooth), threshold), None, _depth_range(side_hit, side_depth)
         ),
     ]
     canvas = Image.new("RGB", QC_SIZE)
     for i, rgb in enumerate(panels):
-        canvas.paste(_fit_panel(rgb), ((i % 2) * PANEL_PX, TITLE_PX + (i // 2) * PANEL_PX))
+        canvas.paste(_fit_panel(rgb), ((i % 3) * PANEL_PX, TITLE_PX + (i // 3) * PANEL_PX))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 4), title, fill=(255, 255, 255))
     draw.text((4, TITLE_PX + 4), "before", fill=(255, 255, 0))

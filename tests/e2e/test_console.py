@@ -11,9 +11,8 @@ storescu test. Skipped with the reason when one is missing.
 
 from __future__ import annotations
 
-import os
-
 import base64
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from gateway.server import Gateway
 from pediface.settings import load_settings
 from pediface.spool import JobManifest, JobState, Spool, StateChange, new_job_id, utcnow
 from tests.conftest import REPO, UIH, free_port, need_shared, need_tool, wait_until
+from worker.qc import QC_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -268,7 +268,7 @@ def test_job_page_qc_picture_and_retry(
     page.click(f'a[href="/console/jobs/{done_id}"]')
     page.wait_for_function("document.getElementById('qc') && document.getElementById('qc').complete")
     size = page.evaluate("(img => [img.naturalWidth, img.naturalHeight])(document.getElementById('qc'))")
-    assert size == [640, 660]
+    assert size == list(QC_SIZE)
     assert page.locator("#state").inner_text() == "sent"
     assert "2.25.208123456789012345678901234567890123" in page.locator("dl.facts").inner_text()
     assert page.locator("#history tbody tr").count() == 4
@@ -278,7 +278,7 @@ def test_job_page_qc_picture_and_retry(
     from PIL import Image
 
     with Image.open(BytesIO(body)) as image:
-        assert image.format == "PNG" and image.size == (640, 660) and image.mode == "RGB"
+        assert image.format == "PNG" and image.size == QC_SIZE and image.mode == "RGB"
     assert fetch(url(gw, f"/console/jobs/{quarantined_id}/qc.png"))[0] == 404
 
     # Quarantine: the reason (original UIDs redacted) and a working Retry.

@@ -51,7 +51,7 @@ def test_png_has_two_rows_of_two_panels(ixi: tuple[Volume, Volume, FaceMask], tm
     with Image.open(out) as image:
         assert image.format == "PNG"
         assert image.mode == "RGB"
-        assert image.size == QC_SIZE == (2 * PANEL_PX, TITLE_PX + 2 * PANEL_PX)
+        assert image.size == QC_SIZE == (3 * PANEL_PX, TITLE_PX + 2 * PANEL_PX)
         pixels = np.asarray(image)
     assert all(panel(Image.fromarray(pixels), r, c).max() > 100 for r in (0, 1) for c in (0, 1))
     # Only the PNG is left behind: the temp file was renamed over it.
