@@ -154,24 +154,29 @@ class Gateway:
         # pydicom's per-value warnings would only repeat that in the log.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.sealer.recover(redispatch_inflight=self.settings.embedded_broker)
+        # Everything that can fail on a bad setting or a taken port is done before the SCP
+        # listens: a gateway that cannot run must not accept a single instance first.
+        metrics = self.settings.metrics
+        if metrics.port:
+            self.status = StatusServer(metrics.host, metrics.port, self.ready, console=self.console)
+        handler_list = handlers(
+            self.spool,
+            AccessPolicy(dicom.peers),
+            ReceiptAudit(JsonLines(self.settings.audit_file), self.settings.deid_key()),
+        )
+        ssl_context = tls_context(dicom.tls) if dicom.tls else None
         ae = build_ae(dicom)
         self._server = ae.start_server(
             (dicom.host, dicom.port),
             block=False,
-            evt_handlers=handlers(
-                self.spool,
-                AccessPolicy(dicom.peers),
-                ReceiptAudit(JsonLines(self.settings.audit_file), self.settings.deid_key()),
-            ),
-            ssl_context=tls_context(dicom.tls) if dicom.tls else None,
+            evt_handlers=handler_list,
+            ssl_context=ssl_context,
         )
         self._thread = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)
         self._thread.start()
-        metrics = self.settings.metrics
-        if metrics.port:
+        if self.status is not None:
             self._collector = SpoolCollector(self.spool, lambda: queue_depth(self.settings))
             REGISTRY.register(self._collector)
-            self.status = StatusServer(metrics.host, metrics.port, self.ready, console=self.console)
             self.status.start()
         log.info(
             "gateway_listening",

@@ -198,6 +198,11 @@ class DefaceSettings(_Section):
     )
     margin_mm: float = Field(4.0, ge=0, le=20, description="Safety margin the mask is dilated by.")
     remove_ears: bool = Field(True, description="Blank the ears as well when the masker labels them.")
+    send_mask_seg: bool = Field(
+        False,
+        description="Also deliver the face mask as a DICOM Segmentation referencing the defaced series "
+        "(for QC at the archive; the archive must accept Segmentation Storage).",
+    )
     threads: int | None = Field(None, ge=1, description="CPU threads for the masker. Empty: all cores.")
 
 

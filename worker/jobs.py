@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.uid import SegmentationStorage
 
 from pediface.audit import JsonLines
 from pediface.errors import PermanentError, RetryableError
@@ -148,6 +149,7 @@ class JobRunner:
             self.policy,
             self._key,
             remove_ears=self.settings.deface.remove_ears,
+            mask_segmentation=self.settings.deface.send_mask_seg,
         )
         log.info(
             "series_defaced",
@@ -195,7 +197,7 @@ class JobRunner:
         partial = out.with_name("out.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        for ds in result.datasets:
+        for ds in [*result.datasets, *([result.segmentation] if result.segmentation is not None else [])]:
             ds.save_as(partial / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
         (partial / _COMPLETE).write_text(f"{len(result.datasets)}\n")
         shutil.rmtree(out, ignore_errors=True)
@@ -217,6 +219,9 @@ def _describe(settings: Settings) -> str:
 
 
 def _series_uid(files: list[Path]) -> str | None:
-    if not files:
-        return None
-    return str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    """The defaced series' UID (not the mask SEG's, which is a series of its own)."""
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        if ds.SOPClassUID != SegmentationStorage:
+            return str(ds.SeriesInstanceUID)
+    return None

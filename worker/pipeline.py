@@ -70,6 +70,7 @@ class DefacedSeries:
     background: int
     stacks: tuple[StackResult, ...] = ()
     filtered: tuple[Filtered, ...] = field(default=())
+    segmentation: Dataset | None = None
 
     @property
     def filtered_counts(self) -> dict[str, int]:
@@ -149,8 +150,13 @@ def deface_series(
     key: bytes,
     *,
     remove_ears: bool = True,
+    mask_segmentation: bool = False,
 ) -> DefacedSeries:
-    """Deface and de-identify one series held in memory, stack by stack."""
+    """Deface and de-identify one series held in memory, stack by stack.
+
+    With ``mask_segmentation`` the result also holds the largest stack's face mask as
+    a DICOM Segmentation referencing the defaced instances.
+    """
     split = split_series(datasets)
     if split.filtered:
         log.info("instances_filtered", count=len(split.filtered), **split.filtered_counts())
@@ -191,10 +197,12 @@ def deface_series(
     if set(written) != expected:
         raise MaskingError("an instance of a stack was not written back", code="mask.incomplete")
     output = []
+    by_index: dict[int, Dataset] = {}
     for index in sorted(written):
         clean = deidentify(written[index], policy, key, defaced=True)
         mark_derived(clean, masker.name, key)
         output.append(clean)
+        by_index[index] = clean
     uids = {str(ds.SeriesInstanceUID) for ds in output}
     if len(uids) != 1:
         raise DeidentificationError("de-identified instances do not share one Series Instance UID")
@@ -208,7 +216,13 @@ def deface_series(
         direction=volume.direction,
         sources=volume.sources,
     )
+    segmentation = None
+    if mask_segmentation:
+        from worker.segmentation import face_mask_segmentation
+
+        segmentation = face_mask_segmentation(volume, masks[largest], by_index, key)
     return DefacedSeries(
+        segmentation=segmentation,
         datasets=output,
         before=volume,
         after=after,

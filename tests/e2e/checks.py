@@ -17,7 +17,9 @@ def read_series(paths: list[Path]) -> sitk.Image:
     folder = {p.parent for p in paths}
     assert len(folder) == 1, "one folder per series"
     reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(next(iter(folder))))
+    # Name the series: the folder may hold others (the mask SEG beside the defaced series).
+    series_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    names = reader.GetGDCMSeriesFileNames(str(next(iter(folder))), series_uid)
     assert len(names) == len(paths), f"GDCM sees {len(names)} files of one series, expected {len(paths)}"
     reader.SetFileNames(names)
     return reader.Execute()

@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
 
@@ -39,6 +40,7 @@ def write_config(path: Path, data_dir: Path, port: int, **sections: dict) -> Pat
         "data_dir": str(data_dir),
         "dicom": {"port": port},
         "series": {"quiet_period_s": 3, "poll_interval_s": 0.5},
+        "metrics": {"port": free_port()},
     }
     config.update(sections)
     path.write_text(yaml.safe_dump(config))
@@ -77,6 +79,7 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
         # A queue of its own: nothing else on this Redis can take or leave tasks in it.
         worker={"queue": f"pediface-test-{uuid.uuid4().hex[:8]}"},
         destination={"kind": "dicom", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive_port},
+        deface={"send_mask_seg": True},
     )
     env = {"PEDIFACE_CONFIG": str(config)}
     archive = processes.start(
@@ -94,6 +97,7 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
 
     def delivered() -> list[Path]:
         assert worker.poll() is None, f"the worker exited: {processes.log('worker')[-3000:]}"
+        assert gateway.poll() is None, f"the gateway exited: {processes.log('gateway')[-3000:]}"
         jobs = finished_jobs(data_dir)
         assert not any(job["state"] == "quarantined" for job in jobs), jobs
         files = sorted(archive_dir.glob("MR.*"))
@@ -103,6 +107,10 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
     output = wait_until(delivered, PIPELINE_TIMEOUT_S, "the defaced series at storescp")
     elapsed = time.monotonic() - started
     figures = assert_defaced_deidentified(originals, output)
+    # The face mask as a DICOM Segmentation, for QC at the archive (dcmtk names such files SG.*).
+    (seg,) = archive_dir.glob("SG.*")
+    seg_ds = pydicom.dcmread(seg)
+    assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(output[0]).SeriesInstanceUID
     print(f"\nredis end-to-end: {elapsed:.1f} s from first C-STORE to delivery; {figures}")
     # The gateway process never loaded torch or SimpleITK (their shared libraries would be mapped).
     maps = Path(f"/proc/{gateway.pid}/maps").read_text()

@@ -186,3 +186,21 @@ def test_health_readiness_and_metrics(gateway: tuple[Gateway, list[str]]) -> Non
     finally:
         aside.rename(gw.spool.tmp)
     assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
+
+
+def test_a_taken_http_port_stops_the_gateway_before_it_accepts_anything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = load_settings(
+            None,
+            data_dir=tmp_path / "data",
+            dicom={"port": free_port()},
+            metrics={"port": taken.getsockname()[1]},
+        )
+        with pytest.raises(OSError):
+            Gateway(settings).start()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", settings.dicom.port)) != 0, "the SCP listens after all"
