@@ -179,6 +179,39 @@ def deface(
 
 
 @app.command()
+def train(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="Where to write the model folder.")],
+    work_dir: Annotated[Path, typer.Option(help="Scratch space for nnU-Net's data.")] = Path("/tmp/pediface-train"),
+    cases: Annotated[int, typer.Option(help="Synthetic training cases to generate.")] = 120,
+    iterations: Annotated[int, typer.Option(help="Training iterations.")] = 500,
+    budget_s: Annotated[float | None, typer.Option(help="Stop training after this many seconds.")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in work_dir.")] = False,
+) -> None:
+    """Train the nnU-Net face-and-ear model from synthetic heads (needs ../shared/data).
+
+    Registers the two MIT face-mask atlases to the real heads to make teacher labels, synthesises training
+    images with random contrast, resolution, head size and position, trains a small nnU-Net v2 configuration
+    on the CPU and writes a model folder (dataset.json, plans.json, fold_0/checkpoint_final.pth, SHA256SUMS)
+    to MODEL_DIR. See models/nnunet-face/MODEL_CARD.md for what the shipped model was trained with.
+    """
+    from worker.deface.training.train import train_model
+
+    written = train_model(
+        model_dir,
+        work_dir=work_dir,
+        n_cases=cases,
+        iterations=iterations,
+        budget_s=budget_s,
+        threads=threads,
+        seed=seed,
+        resume=resume,
+    )
+    typer.echo(str(written))
+
+
+@app.command()
 def demo(
     config: ConfigOption = None,
     timeout_s: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 900.0,

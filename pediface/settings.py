@@ -186,7 +186,8 @@ class RoutingSettings(_Section):
 
 
 class MaskerKind(StrEnum):
-    template = "template"
+    template = "template"  # pydeface's template registered to the head (adult template, no ears)
+    nnunet = "nnunet"  # the project's nnU-Net model, trained on synthetic heads (see its model card)
 
 
 class DefaceSettings(_Section):

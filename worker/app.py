@@ -36,7 +36,7 @@ def configure(settings: Settings) -> Celery:
 
 #: Model folders shipped with pediface, by masker kind (``models/`` at the top of the source tree).
 MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
-SHIPPED_MODELS = {"template": "template-pydeface"}
+SHIPPED_MODELS = {"template": "template-pydeface", "nnunet": "nnunet-face"}
 
 
 def build_masker(settings: Settings) -> FaceMasker:

@@ -199,7 +199,7 @@ def test_unknown_masker_kind_names_the_kinds() -> None:
     with pytest.raises(ValueError, match="template") as raised:
         load_masker("pydeface-fsl", MODEL_DIR)
     assert "pydeface-fsl" in str(raised.value)
-    assert MASKER_KINDS == ("template",)
+    assert MASKER_KINDS == ("nnunet", "template")
 
 
 @pytest.mark.parametrize("options", [{"margin_mm": -1.0}, {"threads": 0}, {"seed": 0}])

@@ -20,8 +20,15 @@ def _load_template(model_dir: Path, **options: Any) -> FaceMasker:
     return TemplateMasker(model_dir, **options)
 
 
+def _load_nnunet(model_dir: Path, **options: Any) -> FaceMasker:
+    from worker.deface.nnunet import NnUNetMasker
+
+    return NnUNetMasker(model_dir, **options)
+
+
 _LOADERS: dict[str, Callable[..., FaceMasker]] = {
     "template": _load_template,
+    "nnunet": _load_nnunet,
 }
 """Masker kinds by name. A new kind (``"nnunet"``) adds one loader here."""
 
