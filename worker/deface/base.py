@@ -56,7 +56,9 @@ CHECKSUM_FILE = "SHA256SUMS"
 
 # A plain file name only: model folders are flat, and a listed "../x" must not
 # make us hash (and so vouch for) a file outside the folder.
-_SUMS_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>[A-Za-z0-9._-]+)$")
+# A file name, optionally inside one subfolder (nnU-Net's fold_N/); no dots in the folder part,
+# so a listed path can never climb out of the model folder.
+_SUMS_LINE = re.compile(r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>([A-Za-z0-9_-]+/)?[A-Za-z0-9._-]+)$")
 
 
 def _sha256_of(path: Path) -> str:

@@ -14,7 +14,6 @@ masker is built, never at import time.
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import MaskingError
-from worker.deface.base import CHECKSUM_FILE, _sha256_of
+from worker.deface.base import verify_model_dir
 from worker.deface.template import _intensity_window, _normalised, _otsu
 from worker.types import FaceLabel, FaceMask, Volume
 
@@ -65,45 +64,9 @@ this small cannot carry a face, and left in place it would trip the centre check
 (quarantine) or blank brain.
 """
 
-_SUMS_LINE = re.compile(
-    r"^(?P<digest>[0-9a-fA-F]{64}) [ *](?P<name>(fold_[0-9]+/|fold_all/)?[A-Za-z0-9._-]+)$"
-)
-
-
 def verify_nnunet_dir(model_dir: Path, fold: int | str, checkpoint: str) -> dict[str, str]:
-    """Check every file in ``SHA256SUMS`` (plain names or ``fold_N/name``); the model files must be listed.
-
-    Raises
-    ------
-    ValueError
-        If the list is missing or malformed, a required file is not listed or missing, or a digest differs.
-    """
-    sums_path = model_dir / CHECKSUM_FILE
-    if not sums_path.is_file():
-        raise ValueError(f"model folder {model_dir} has no {CHECKSUM_FILE}")
-    expected: dict[str, str] = {}
-    for number, line in enumerate(sums_path.read_text(encoding="ascii").splitlines(), start=1):
-        if not line.strip():
-            continue
-        match = _SUMS_LINE.match(line)
-        if match is None:
-            raise ValueError(f"{sums_path}:{number} is not a 'sha256  filename' line: {line!r}")
-        expected[match["name"]] = match["digest"].lower()
-    required = (*REQUIRED, f"fold_{fold}/{checkpoint}")
-    missing = [name for name in required if name not in expected]
-    if missing:
-        raise ValueError(f"{sums_path} does not list {', '.join(missing)}")
-    for name, digest in expected.items():
-        path = model_dir / name
-        if not path.is_file():
-            raise ValueError(f"model file {path} listed in {CHECKSUM_FILE} is missing")
-        actual = _sha256_of(path)
-        if actual != digest:
-            raise ValueError(
-                f"model file {path} has sha256 {actual}, but {CHECKSUM_FILE} says {digest}: "
-                "refusing a modified model folder"
-            )
-    return expected
+    """Check the folder's ``SHA256SUMS``; the plans, dataset and the fold's checkpoint must be listed."""
+    return verify_model_dir(model_dir, (*REQUIRED, f"fold_{fold}/{checkpoint}"))
 
 
 class NnUNetMasker:
