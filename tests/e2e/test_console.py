@@ -266,7 +266,10 @@ def test_job_page_qc_picture_and_retry(
     # The QC picture: a real PNG of the worker's size, served from the job folder.
     page.goto(url(gw, "/"))
     page.click(f'a[href="/console/jobs/{done_id}"]')
-    page.wait_for_function("document.getElementById('qc') && document.getElementById('qc').complete")
+    # The "load" event waits for images. (wait_for_function would poll with eval, which the
+    # console's Content-Security-Policy rightly forbids.)
+    page.wait_for_load_state("load")
+    assert page.locator("#qc").evaluate("img => img.complete && img.naturalWidth > 0")
     size = page.evaluate("(img => [img.naturalWidth, img.naturalHeight])(document.getElementById('qc'))")
     assert size == list(QC_SIZE)
     assert page.locator("#state").inner_text() == "sent"
