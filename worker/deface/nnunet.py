@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import MaskingError
-from worker.deface.base import verify_model_dir
+from worker.deface.base import dilate_mm, verify_model_dir
 from worker.deface.template import _intensity_window, _normalised, _otsu
 from worker.types import FaceLabel, FaceMask, Volume
 
@@ -312,25 +312,5 @@ class NnUNetMasker:
             )
 
     def _dilated(self, region: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
-        """``region`` grown by :attr:`margin_mm` (exact distance map in mm, within its bounding box)."""
-        if self.margin_mm == 0 or not region.any():
-            return region
-        spacing_zyx = np.asarray(spacing_xyz)[::-1]
-        pad = np.ceil(self.margin_mm / spacing_zyx).astype(int) + 1
-        box = []
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            present = np.flatnonzero(region.any(axis=other))
-            box.append(
-                slice(max(0, present[0] - pad[axis]), min(region.shape[axis], present[-1] + pad[axis] + 1))
-            )
-        crop = sitk.GetImageFromArray(region[tuple(box)].astype(np.uint8))
-        crop.SetSpacing(spacing_xyz)
-        distance_map = self._filter(sitk.SignedMaurerDistanceMapImageFilter())
-        distance_map.SetInsideIsPositive(False)
-        distance_map.SetSquaredDistance(False)
-        distance_map.SetUseImageSpacing(True)
-        distance = distance_map.Execute(crop)
-        grown = region.copy()
-        grown[tuple(box)] = sitk.GetArrayViewFromImage(distance) <= self.margin_mm
-        return grown
+        """``region`` grown by :attr:`margin_mm`."""
+        return dilate_mm(region, spacing_xyz, self.margin_mm, self.threads)

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import MaskingError
-from worker.deface.base import verify_model_dir
+from worker.deface.base import dilate_mm, verify_model_dir
 from worker.types import FaceLabel, FaceMask, Volume
 
 HEAD_FILE = "pydeface_mean_reg2mean.nii.gz"
@@ -353,29 +353,7 @@ class TemplateMasker:
     def _face_on_grid(self, image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
         """Template face region on the volume's grid (nearest neighbour), dilated by the margin."""
         face = sitk.GetArrayFromImage(self._resample(self._face, image, transform, sitk.sitkNearestNeighbor))
-        if self.margin_mm == 0 or not face.any():
-            return face.astype(bool)
-        # Dilate only within the face's bounding box plus the margin: the
-        # distance map of a whole 0.5 mm series would cost several seconds.
-        spacing_zyx = np.asarray(image.GetSpacing())[::-1]
-        pad = np.ceil(self.margin_mm / spacing_zyx).astype(int) + 1
-        box = []
-        for axis in range(3):
-            other = tuple(a for a in range(3) if a != axis)
-            present = np.flatnonzero(face.any(axis=other))
-            box.append(
-                slice(max(0, present[0] - pad[axis]), min(face.shape[axis], present[-1] + pad[axis] + 1))
-            )
-        crop = sitk.GetImageFromArray(face[tuple(box)])
-        crop.SetSpacing(image.GetSpacing())
-        distance_map = self._threaded(sitk.SignedMaurerDistanceMapImageFilter())
-        distance_map.SetInsideIsPositive(False)
-        distance_map.SetSquaredDistance(False)
-        distance_map.SetUseImageSpacing(True)
-        distance = distance_map.Execute(crop)
-        blank = face.astype(bool)
-        blank[tuple(box)] = sitk.GetArrayViewFromImage(distance) <= self.margin_mm
-        return blank
+        return dilate_mm(face, image.GetSpacing(), self.margin_mm, self.threads)
 
 
 _GLOBAL_THREADS_LOCK = threading.Lock()
