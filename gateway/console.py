@@ -516,6 +516,10 @@ class Console:
             ("last change (UTC)", _e(format_time(row.changed_at))),
             ("duration", _e(format_duration(row.duration_s))),
         ]
+        facts += [(f"destination {_e(name)}", _e(text)) for name, text in sorted(row.deliveries.items())]
+        if row.timings:
+            stages = ", ".join(f"{_e(stage)} {seconds:.1f} s" for stage, seconds in row.timings.items())
+            facts.append(("seconds by stage", stages))
         fact_html = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
         quarantine = ""
         if row.phase == Phase.quarantined:

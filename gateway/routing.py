@@ -1,7 +1,8 @@
 """Routing: decide, when a series is complete, whether it is processed or dropped.
 
-Rules are tried in order and the first whose criteria all match decides; a
-series no rule matches gets ``routing.default_action``. The decision reads the
+Rules are tried in order and the first whose criteria all match decides, both
+whether the series is processed and which destinations receive it; a series no
+rule matches gets ``routing.default_action`` and ``routing.default_destinations``. The decision reads the
 header of one instance (no pixel data) and is recorded in the job's manifest, so
 "why was this series not delivered?" always has an answer.
 """
@@ -21,6 +22,7 @@ from pediface.settings import RoutingRule, RoutingSettings
 class Decision:
     action: str  # "process" or "drop"
     rule: str  # the rule's name, or "default"
+    destinations: tuple[str, ...] = ()  # names; empty: the routing's default destinations
 
 
 def _matches(rule: RoutingRule, header: dict[str, str]) -> bool:
@@ -49,5 +51,5 @@ def read_header(path: Path) -> dict[str, str]:
 def decide(routing: RoutingSettings, header: dict[str, str]) -> Decision:
     for rule in routing.rules:
         if _matches(rule, header):
-            return Decision(rule.action, rule.name)
-    return Decision(routing.default_action, "default")
+            return Decision(rule.action, rule.name, tuple(rule.destinations or routing.default_destinations))
+    return Decision(routing.default_action, "default", tuple(routing.default_destinations))

@@ -26,7 +26,7 @@ from gateway.status import INSTANCES
 from pediface.audit import JsonLines, keyed_hash
 from pediface.logs import get_logger
 from pediface.settings import DicomSettings, TlsSettings
-from pediface.spool import Spool, SpoolError, is_valid_uid, series_key
+from pediface.spool import Spool, SpoolError, is_valid_uid, series_key, study_key
 
 log = get_logger("pediface.gateway.scp")
 
@@ -209,7 +209,7 @@ def handle_store(event: Event, spool: Spool, audit: ReceiptAudit) -> int:
         return rejected.status
     key = series_key(calling_ae, study_uid, series_uid)
     try:
-        stored = spool.store_instance(key, calling_ae, sop_uid, data)
+        stored = spool.store_instance(key, calling_ae, sop_uid, data, study_key(calling_ae, study_uid))
     except SpoolError as exc:
         log.error("c_store_spool_failed", calling_ae=calling_ae, series=key, error=str(exc))
         INSTANCES.labels("spool_error").inc()

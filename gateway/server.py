@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 
 import pydicom.config
 from celery import Celery
 
 from gateway.access import AccessPolicy
 from gateway.console import Console
-from gateway.routing import decide, read_header
+from gateway.routing import Decision, decide, read_header
 from gateway.scp import ReceiptAudit, build_ae, handlers, tls_context
 from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
 from pediface.audit import JsonLines
@@ -39,16 +39,32 @@ class Sealer:
         send: Callable[[str], None],
         stale_after_s: float | None = None,
         routing: RoutingSettings | None = None,
+        destinations: list[str] | None = None,
+        study_quiet_period_s: float = 0.0,
     ) -> None:
         self.spool = spool
         self.quiet_period_s = quiet_period_s
         self.send = send
         self.stale_after_s = stale_after_s
         self.routing = routing or RoutingSettings()
+        self.destinations = destinations or []
+        self.study_quiet_period_s = study_quiet_period_s
 
     def run_once(self) -> list[str]:
         """One pass; returns the ids of the jobs dispatched."""
-        for key, age in self.spool.open_series():
+        open_series = self.spool.open_series()
+        study_age: dict[str, float] = {}
+        if self.study_quiet_period_s:
+            # A study is quiet when its most recently fed series is.
+            for series in open_series:
+                if series.study_key:
+                    study_age[series.study_key] = min(
+                        study_age.get(series.study_key, series.age_s), series.age_s
+                    )
+        for series in open_series:
+            key, age = series.key, series.age_s
+            if series.study_key in study_age and study_age[series.study_key] < self.study_quiet_period_s:
+                continue
             if age >= self.quiet_period_s:
                 manifest = self.spool.seal(key, self.quiet_period_s)
                 if manifest is not None:
@@ -71,19 +87,25 @@ class Sealer:
         return dispatched
 
     def _route(self, manifest: JobManifest) -> None:
-        """Drop the series here if a routing rule says so; it is then never dispatched."""
+        """Record the destinations of the series, or drop it here (it is then never dispatched)."""
         if not self.routing.rules and self.routing.default_action == "process":
-            return
-        files = self.spool.instance_files(manifest.job_id)
-        try:
-            decision = decide(self.routing, read_header(files[0]))
-        except (OSError, ValueError, IndexError) as exc:
-            # Unreadable here means unreadable for the worker too: let it quarantine with the reason.
-            log.warning("routing_header_unreadable", job=manifest.job_id, error=str(exc))
-            return
+            decision = Decision("process", "default", tuple(self.routing.default_destinations))
+        else:
+            files = self.spool.instance_files(manifest.job_id)
+            try:
+                decision = decide(self.routing, read_header(files[0]))
+            except (OSError, ValueError, IndexError) as exc:
+                # Unreadable here means unreadable for the worker too: let it quarantine with the reason.
+                log.warning("routing_header_unreadable", job=manifest.job_id, error=str(exc))
+                return
         if decision.action == "drop":
             self.spool.drop(manifest, f"dropped by routing rule '{decision.rule}'")
-            log.info("series_dropped", job=manifest.job_id, rule=decision.rule, instances=manifest.n_instances)
+            log.info(
+                "series_dropped", job=manifest.job_id, rule=decision.rule, instances=manifest.n_instances
+            )
+            return
+        manifest.destinations = list(decision.destinations or self.destinations)
+        self.spool.save(manifest)
 
     def _stale(self, manifest: JobManifest, now: datetime) -> bool:
         if self.stale_after_s is None or not manifest.history:
@@ -132,6 +154,8 @@ class Gateway:
             # Past the broker's own redelivery horizon a dispatched job is presumed lost.
             stale_after_s=settings.broker.visibility_timeout_s + 300,
             routing=settings.routing,
+            destinations=[d.name for d in settings.all_destinations],
+            study_quiet_period_s=settings.series.study_quiet_period_s,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,7 +199,11 @@ class Gateway:
         self._thread = threading.Thread(target=self._seal_loop, name="sealer", daemon=True)
         self._thread.start()
         if self.status is not None:
-            self._collector = SpoolCollector(self.spool, lambda: queue_depth(self.settings))
+            self._collector = SpoolCollector(
+                self.spool,
+                lambda: queue_depth(self.settings),
+                [d.name for d in self.settings.all_destinations],
+            )
             REGISTRY.register(self._collector)
             self.status.start()
         log.info(

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -33,7 +33,9 @@ INSTANCES = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
-SERIES_SEALED = Counter("pediface_series_completed", "Series found complete and sealed into jobs.", registry=REGISTRY)
+SERIES_SEALED = Counter(
+    "pediface_series_completed", "Series found complete and sealed into jobs.", registry=REGISTRY
+)
 DISPATCHES = Counter(
     "pediface_dispatches", "Tasks sent to the broker, by result (ok, failed).", ["result"], registry=REGISTRY
 )
@@ -48,9 +50,12 @@ ASSOCIATIONS = Counter(
 class SpoolCollector(Collector):
     """Gauges read from the spool at scrape time."""
 
-    def __init__(self, spool: Spool, queue_depth: Callable[[], int | None]) -> None:
+    def __init__(
+        self, spool: Spool, queue_depth: Callable[[], int | None], destinations: list[str] | None = None
+    ) -> None:
         self.spool = spool
         self.queue_depth = queue_depth
+        self.destinations = destinations or []
 
     def collect(self) -> Iterator:
         open_series = GaugeMetricFamily("pediface_open_series", "Series still receiving (in spool/incoming).")
@@ -65,17 +70,53 @@ class SpoolCollector(Collector):
             labels=["state"],
         )
         sums = {JobState.sent.value: 0.0, JobState.quarantined.value: 0.0}
+        stage_sum: dict[str, float] = {}
+        stage_count: dict[str, int] = {}
+        failures: dict[str, int] = {}
+        delivered: dict[str, int] = {}
         for stage in (self.spool.jobs, self.spool.done, self.spool.quarantine_dir):
             for manifest in self._manifests(stage):
                 counts[manifest.state.value] += 1
                 if manifest.state.value in sums and manifest.history:
-                    sums[manifest.state.value] += (manifest.history[-1].at - manifest.created_at).total_seconds()
+                    sums[manifest.state.value] += (
+                        manifest.history[-1].at - manifest.created_at
+                    ).total_seconds()
+                for name, value in manifest.timings.items():
+                    stage_sum[name] = stage_sum.get(name, 0.0) + value
+                    stage_count[name] = stage_count.get(name, 0) + 1
+                for name, delivery in manifest.deliveries.items():
+                    failures[name] = failures.get(name, 0) + delivery.failures
+                    delivered[name] = delivered.get(name, 0) + (delivery.state == "sent")
         for state, count in counts.items():
             jobs.add_metric([state], count)
         yield jobs
         for state, total in sums.items():
             seconds.add_metric([state], total)
         yield seconds
+
+        # Every job's last processing attempt, by pipeline stage (read, volume, mask, write_back,
+        # deid, qc, write, delivery): where the time goes, and which stage to scale.
+        stages = SummaryMetricFamily(
+            "pediface_stage_seconds",
+            "Seconds spent in each pipeline stage by the jobs in the spool.",
+            labels=["stage"],
+        )
+        for name in sorted(stage_sum):
+            stages.add_metric([name], count_value=stage_count[name], sum_value=stage_sum[name])
+        yield stages
+        sent = CounterMetricFamily(
+            "pediface_series_delivered", "Series delivered, by destination.", labels=["destination"]
+        )
+        failed = CounterMetricFamily(
+            "pediface_send_failures",
+            "Failed delivery attempts (each retried with backoff until the horizon), by destination.",
+            labels=["destination"],
+        )
+        for name in self.destinations or sorted(set(delivered) | set(failures)):
+            sent.add_metric([name], delivered.get(name, 0))
+            failed.add_metric([name], failures.get(name, 0))
+        yield sent
+        yield failed
 
         depth = self.queue_depth()
         if depth is not None:

@@ -188,6 +188,12 @@ def train(
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed of the generator.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in work_dir.")] = False,
+    negatives: Annotated[
+        float, typer.Option(help="Share of cases that are skull-stripped brains labelled all background.")
+    ] = 0.15,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this checkpoint's network weights (fine-tuning).")
+    ] = None,
 ) -> None:
     """Train the nnU-Net face-and-ear model from synthetic heads (needs ../shared/data).
 
@@ -207,6 +213,8 @@ def train(
         threads=threads,
         seed=seed,
         resume=resume,
+        negatives=negatives,
+        init_from=init_from,
     )
     typer.echo(str(written))
 

@@ -51,12 +51,13 @@ class PeerSettings(_Section):
     max_associations: int = Field(4, ge=1, description="Associations it may hold open at once.")
 
 
-
 class TlsSettings(_Section):
     """DICOM TLS (PS3.15 Annex B) for the SCP."""
 
     certificate: Path = Field(description="PEM certificate (chain) the SCP presents.")
-    private_key: Path = Field(description="PEM private key of that certificate. Keep it readable by pediface only.")
+    private_key: Path = Field(
+        description="PEM private key of that certificate. Keep it readable by pediface only."
+    )
     client_ca: Path | None = Field(
         None, description="PEM CA bundle. Set: peers must present a certificate signed by it (mutual TLS)."
     )
@@ -87,7 +88,6 @@ class DicomSettings(_Section):
     network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
 
 
-
 class SeriesSettings(_Section):
     """When a received series is considered complete."""
 
@@ -96,6 +96,12 @@ class SeriesSettings(_Section):
         gt=0,
         description="A series is complete once no instance of it arrived for this long "
         "(Orthanc's StableAge, mercure's series_complete_trigger).",
+    )
+    study_quiet_period_s: float = Field(
+        0.0,
+        ge=0,
+        description="Also wait until no instance of the series' study arrived for this long, for senders "
+        "that interleave the series of a study (all its series are then sealed together). 0: off.",
     )
     poll_interval_s: float = Field(1.0, gt=0, description="How often the gateway checks for complete series.")
 
@@ -160,6 +166,11 @@ class RoutingRule(_Section):
     series_description: str | None = Field(None, description="Regex on Series Description.")
     protocol_name: str | None = Field(None, description="Regex on Protocol Name.")
     sop_class: list[str] = Field(default_factory=list, description="SOP Class UIDs. Empty: any.")
+    destinations: list[str] = Field(
+        default_factory=list,
+        description="action=process: names of the destinations that receive the series. Empty: "
+        "routing.default_destinations.",
+    )
 
     @field_validator("body_part", "series_description", "protocol_name")
     @classmethod
@@ -182,6 +193,11 @@ class RoutingSettings(_Section):
     )
     default_action: Literal["process", "drop"] = Field(
         "process", description="What happens to a series no rule matches."
+    )
+    default_destinations: list[str] = Field(
+        default_factory=list,
+        description="Destinations (by name) of a processed series whose rule names none. Empty: every "
+        "destination.",
     )
 
 
@@ -262,19 +278,37 @@ class DestinationKind(StrEnum):
     dicom = "dicom"
 
 
+_DESTINATION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
 class DestinationSettings(_Section):
     """The research archive that receives defaced, de-identified series."""
 
+    name: str = Field(
+        "archive",
+        description="Name of the destination in routing rules, logs, metrics and job records (letters, digits, "
+        "_ and -).",
+        pattern=_DESTINATION_NAME.pattern,
+    )
+    deid_options: list[str] | None = Field(
+        None,
+        description="De-identification options for this destination, replacing deid.options (e.g. a "
+        "longitudinal archive with 'Retain Longitudinal Temporal Information with Modified Dates'). "
+        "Empty: deid.options.",
+    )
     kind: DestinationKind = Field(
         DestinationKind.folder, description="'folder' writes files; 'dicom' sends them with C-STORE."
     )
-    folder: Path | None = Field(None, description="kind=folder: target folder. Empty: <data_dir>/archive.")
+    folder: Path | None = Field(
+        None,
+        description="kind=folder: target folder. Empty: <data_dir>/archive, or <data_dir>/archive-<name> for "
+        "the entries of destinations.",
+    )
     ae_title: AETitle = Field("ARCHIVE", description="kind=dicom: called AE title of the archive.")
     host: str = Field("127.0.0.1", description="kind=dicom: host of the archive.")
     port: int = Field(104, ge=1, le=65535, description="kind=dicom: port of the archive.")
     calling_ae_title: AETitle = Field("PEDIFACE", description="kind=dicom: our AE title towards the archive.")
     timeout_s: float = Field(60.0, gt=0, description="kind=dicom: association and DIMSE timeout.")
-
 
 
 class ConsoleSettings(_Section):
@@ -361,6 +395,13 @@ class Settings(BaseSettings):
     deid: DeidSettings = Field(default_factory=DeidSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     destination: DestinationSettings = Field(default_factory=DestinationSettings)
+    destinations: list[DestinationSettings] = Field(
+        default_factory=list,
+        description="More research archives, each with the keys of destination (name, deid_options, kind, "
+        "folder, ae_title, host, port, calling_ae_title, timeout_s). Every processed series goes to "
+        "destination and to these unless routing rules name fewer. An unreachable one does not hold up "
+        "the others.",
+    )
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     # Set by load(); not a setting.
@@ -389,9 +430,43 @@ class Settings(BaseSettings):
         self.data_dir = self.data_dir.expanduser().resolve()
         return self
 
+    @model_validator(mode="after")
+    def _destination_names(self) -> Settings:
+        names = [d.name for d in self.all_destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        rules = [(f"routing rule '{r.name}'", r.destinations) for r in self.routing.rules]
+        for where, wanted in [*rules, ("routing.default_destinations", self.routing.default_destinations)]:
+            unknown = sorted(set(wanted) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"{where} names unknown destination(s) {', '.join(unknown)}; known: {', '.join(names)}"
+                )
+        return self
+
+    @property
+    def all_destinations(self) -> list[DestinationSettings]:
+        """``destination`` first, then ``destinations``."""
+        return [self.destination, *self.destinations]
+
+    def destination_named(self, name: str) -> DestinationSettings:
+        for destination in self.all_destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(f"no destination named {name!r}")
+
+    def folder_of(self, destination: DestinationSettings) -> Path:
+        """Where a folder destination writes."""
+        if destination.folder is not None:
+            return destination.folder
+        if destination is self.destination:
+            return self.data_dir / "archive"
+        return self.data_dir / f"archive-{destination.name}"
+
     @property
     def archive_folder(self) -> Path:
-        return self.destination.folder or self.data_dir / "archive"
+        return self.folder_of(self.destination)
 
     @property
     def audit_file(self) -> Path:

@@ -32,10 +32,11 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -52,6 +53,19 @@ def series_key(calling_ae: str, study_uid: str, series_uid: str) -> str:
     """Opaque, path-safe key of a series as sent by one peer."""
     digest = hashlib.sha256(f"{calling_ae}\\{study_uid}\\{series_uid}".encode()).hexdigest()
     return digest[:24]
+
+
+def study_key(calling_ae: str, study_uid: str) -> str:
+    """Opaque key of a study as sent by one peer."""
+    return hashlib.sha256(f"{calling_ae}\\{study_uid}".encode()).hexdigest()[:24]
+
+
+class OpenSeries(NamedTuple):
+    """A series still receiving instances."""
+
+    key: str
+    age_s: float  # seconds since its last instance arrived
+    study_key: str  # "" when unknown (a series received by an older version)
 
 
 def utcnow() -> datetime:
@@ -103,6 +117,18 @@ class StateChange(BaseModel):
     note: str = ""
 
 
+class Delivery(BaseModel):
+    """Where the delivery of a job to one destination stands."""
+
+    state: Literal["pending", "sent", "failed"] = "pending"
+    n_sent: int = 0
+    output_series_uid: str | None = None
+    failures: int = 0  # failed attempts, counted for the send-failure metric
+    first_failure: datetime | None = None  # start of the current run of failures (the retry horizon)
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
 class JobManifest(BaseModel):
     """What the spool knows about one job. Holds no patient identifiers."""
 
@@ -120,7 +146,10 @@ class JobManifest(BaseModel):
     n_filtered: int = 0  # deliberately not forwarded (localizers, raw data, presentation states)
     filtered: dict[str, int] = Field(default_factory=dict)  # by kind
     output_series_uid: str | None = None
-    follows: str | None = None  # the delivered job this one completes with late instances  # the pseudonymous UID of the delivered series
+    follows: str | None = None  # the delivered job this one completes with late instances
+    destinations: list[str] = Field(default_factory=list)  # chosen when sealed; empty: every destination
+    deliveries: dict[str, Delivery] = Field(default_factory=dict)  # by destination name
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds per pipeline stage, last attempt
     history: list[StateChange] = Field(default_factory=list)
 
     def to(self, state: JobState, note: str = "") -> JobManifest:
@@ -192,8 +221,12 @@ class Spool:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def store_instance(self, key: str, calling_ae: str, sop_uid: str, data: bytes) -> bool:
+    def store_instance(
+        self, key: str, calling_ae: str, sop_uid: str, data: bytes, study_key: str = ""
+    ) -> bool:
         """Durably store one received instance; ``False`` if this SOP Instance UID is already here.
+
+        ``study_key`` (:func:`study_key`) groups the series of one study for the per-study quiet period.
 
         Raises :class:`SpoolError` when the bytes cannot be made durable.
         """
@@ -213,7 +246,11 @@ class Spool:
                     return False
                 if not series_dir.exists():
                     series_dir.mkdir()
-                    source = {"calling_ae": calling_ae, "first_arrival": utcnow().isoformat()}
+                    source = {
+                        "calling_ae": calling_ae,
+                        "study_key": study_key,
+                        "first_arrival": utcnow().isoformat(),
+                    }
                     atomic_write(series_dir / "source.json", json.dumps(source).encode(), self.tmp)
                     fsync_dir(self.incoming)
                 os.rename(tmp, target)
@@ -227,14 +264,16 @@ class Spool:
                 tmp.unlink()
             raise SpoolError(f"cannot store instance: {exc.strerror or exc}") from exc
 
-    def open_series(self) -> list[tuple[str, float]]:
-        """``(series_key, seconds since last arrival)`` of every series still in incoming/."""
+    def open_series(self) -> list[OpenSeries]:
+        """Every series still in incoming/, with the seconds since its last arrival."""
         now = time.time()
         result = []
         for entry in os.scandir(self.incoming):
             if entry.is_dir():
                 with contextlib.suppress(FileNotFoundError):
-                    result.append((entry.name, now - entry.stat().st_mtime))
+                    age = now - entry.stat().st_mtime
+                    source = _read_json(Path(entry.path) / "source.json") or {}
+                    result.append(OpenSeries(entry.name, age, str(source.get("study_key") or "")))
         return result
 
     def seal(self, key: str, quiet_period_s: float) -> JobManifest | None:
@@ -284,7 +323,9 @@ class Spool:
         found = [
             m
             for m in self.manifests(self.done)
-            if m.series_key == key and m.state == JobState.sent and (self.done / m.job_id / "instances").is_dir()
+            if m.series_key == key
+            and m.state == JobState.sent
+            and (self.done / m.job_id / "instances").is_dir()
         ]
         return max(found, key=lambda m: m.created_at) if found else None
 
@@ -327,6 +368,34 @@ class Spool:
 
     def output_dir(self, job_id: str) -> Path:
         return self.jobs / job_id / "out"
+
+    def sent_ledger(self, job_id: str, destination: str) -> set[str]:
+        """SOP Instance UIDs a destination has acknowledged for this job (see :meth:`record_sent`)."""
+        path = self.job_dir(job_id) / "sent" / f"{destination}.txt"
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return set()
+        return {line for line in lines if is_valid_uid(line)}  # a torn last line is not a UID
+
+    @contextlib.contextmanager
+    def ledger_writer(self, job_id: str, destination: str) -> Iterator[Callable[[str], None]]:
+        """Append acknowledged SOP Instance UIDs, each durable before the next is sent.
+
+        A send cut short (worker killed, archive gone) resumes after the last acknowledged
+        instance instead of sending the series again; the output UIDs being deterministic,
+        the ledger stays true across retries.
+        """
+        folder = self.job_dir(job_id) / "sent"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"{destination}.txt", "a", encoding="ascii") as handle:
+
+            def record(sop_uid: str) -> None:
+                handle.write(sop_uid + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+            yield record
 
     def manifests(self, stage: Path) -> Iterator[JobManifest]:
         for entry in sorted(stage.iterdir()):
@@ -383,6 +452,10 @@ class Spool:
         manifest = JobManifest.model_validate_json((source / "job.json").read_bytes())
         shutil.rmtree(source / "out", ignore_errors=True)
         manifest.attempts = 0
+        # A fresh retry horizon; destinations that already have the series are not sent it again.
+        manifest.first_delivery_failure = None
+        for delivery in manifest.deliveries.values():
+            delivery.first_failure = None
         manifest.to(JobState.sealed, "retry requested")
         self._write_manifest(source, manifest)
         os.rename(source, self.jobs / job_id)

@@ -22,7 +22,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pediface.settings import Settings
-from pediface.spool import JobManifest, JobState, Spool, StateChange
+from pediface.spool import Delivery, JobManifest, JobState, Spool, StateChange
 
 _UID_LIKE = re.compile(r"\b[0-9]+(?:\.[0-9]+){4,}\b")
 
@@ -77,6 +77,8 @@ class SeriesRow:
     output_series_uid: str | None = None
     history: list[StateChange] = field(default_factory=list)
     has_qc: bool = False
+    deliveries: dict[str, str] = field(default_factory=dict)  # destination -> "sent 176", "failed 3x", ...
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per pipeline stage
 
     @property
     def duration_s(self) -> float | None:
@@ -161,7 +163,17 @@ def row_of(manifest: JobManifest, job_dir: Path | None = None) -> SeriesRow:
             for change in manifest.history
         ],
         has_qc=job_dir is not None and (job_dir / "qc.png").is_file(),
+        deliveries={name: _delivery_text(d) for name, d in manifest.deliveries.items()},
+        timings=dict(manifest.timings),
     )
+
+
+def _delivery_text(delivery: Delivery) -> str:
+    if delivery.state == "sent":
+        return f"sent {delivery.n_sent}"
+    if delivery.state == "failed":
+        return f"failed {delivery.failures}x, retrying"
+    return "pending"
 
 
 def snapshot(spool: Spool) -> list[SeriesRow]:

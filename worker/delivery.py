@@ -2,13 +2,15 @@
 
 Delivery is idempotent: output UIDs are deterministic, so sending a series again
 writes the same files or stores the same SOP instances (which archives treat as
-an overwrite, not a duplicate). Any failure raises :class:`DeliveryError`, which
-the task retries with backoff.
+an overwrite, not a duplicate). It also resumes: each acknowledged instance is
+reported to ``record`` (the job's ledger) and instances in ``already`` are not
+sent again, so an interrupted send continues where it stopped. Any failure
+raises :class:`DeliveryError`, which the task retries with backoff.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -26,14 +28,41 @@ log = get_logger("pediface.worker.delivery")
 _STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
-def deliver(files: Sequence[Path], destination: DestinationSettings, archive_folder: Path) -> int:
-    """Deliver ``files`` (one defaced series); returns the number of instances delivered."""
-    if destination.kind == DestinationKind.folder:
-        return _to_folder(files, archive_folder)
-    return _to_scp(files, destination)
+Record = Callable[[str], None]
 
 
-def _to_folder(files: Sequence[Path], archive: Path) -> int:
+def _ignore(_sop_uid: str) -> None:
+    pass
+
+
+def deliver(
+    files: Sequence[Path],
+    destination: DestinationSettings,
+    archive_folder: Path,
+    *,
+    already: Collection[str] = (),
+    record: Record = _ignore,
+) -> int:
+    """Deliver ``files`` (one defaced series, named ``<SOPInstanceUID>.dcm``).
+
+    Files whose SOP Instance UID is in ``already`` are skipped; ``record`` is called with the
+    SOP Instance UID of each instance the destination acknowledged. Returns the number of
+    instances the destination now holds (skipped ones included).
+    """
+    todo = [path for path in files if path.stem not in already]
+    if len(todo) < len(files):
+        log.info(
+            "delivery_resumed", destination=destination.name, skipped=len(files) - len(todo), left=len(todo)
+        )
+    if todo:
+        if destination.kind == DestinationKind.folder:
+            _to_folder(todo, archive_folder, record)
+        else:
+            _to_scp(todo, destination, record)
+    return len(files)
+
+
+def _to_folder(files: Sequence[Path], archive: Path, record: Record) -> int:
     """``<archive>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, each written atomically."""
     try:
         for path in files:
@@ -44,6 +73,7 @@ def _to_folder(files: Sequence[Path], archive: Path) -> int:
             target = archive / uids[0] / uids[1]
             target.mkdir(parents=True, exist_ok=True)
             atomic_write(target / f"{uids[2]}.dcm", path.read_bytes())
+            record(uids[2])
     except OSError as exc:
         raise DeliveryError(f"cannot write to the archive folder {archive}: {exc.strerror or exc}") from exc
     return len(files)
@@ -90,7 +120,7 @@ def fit_transfer_syntax(ds: Dataset, accepted: set[str]) -> Dataset:
     return ds
 
 
-def _to_scp(files: Sequence[Path], destination: DestinationSettings) -> int:
+def _to_scp(files: Sequence[Path], destination: DestinationSettings, record: Record) -> int:
     headers = [dcmread(path, stop_before_pixels=True) for path in files]
     contexts: dict[str, set[str]] = {}
     for ds in headers:
@@ -120,9 +150,10 @@ def _to_scp(files: Sequence[Path], destination: DestinationSettings) -> int:
                 raise DeliveryError(f"{where} did not answer a C-STORE (connection lost or timed out)")
             if code not in _STORED:
                 raise DeliveryError(f"{where} refused an instance with status 0x{code:04X}")
+            record(str(ds.SOPInstanceUID))
             sent += 1
     finally:
         if assoc.is_established:
             assoc.release()
-    log.info("series_sent", destination=where, instances=sent)
+    log.info("series_sent", destination=destination.name, peer=where, instances=sent)
     return sent

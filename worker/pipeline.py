@@ -19,6 +19,7 @@ complete result or raises.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class DefacedSeries:
     stacks: tuple[StackResult, ...] = ()
     filtered: tuple[Filtered, ...] = field(default=())
     segmentation: Dataset | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def filtered_counts(self) -> dict[str, int]:
@@ -143,20 +145,40 @@ def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
     ds.SourceImageSequence = DicomSequence([reference])
 
 
-def deface_series(
-    datasets: Sequence[Dataset],
-    masker: FaceMasker,
-    policy: DeidPolicy,
-    key: bytes,
-    *,
-    remove_ears: bool = True,
-    mask_segmentation: bool = False,
-) -> DefacedSeries:
-    """Deface and de-identify one series held in memory, stack by stack.
+@dataclass(frozen=True)
+class DefacedPixels:
+    """A series with its faces blanked in the pixel data and its headers still untouched.
 
-    With ``mask_segmentation`` the result also holds the largest stack's face mask as
-    a DICOM Segmentation referencing the defaced instances.
+    The expensive, destination-independent half of the pipeline: every destination's
+    de-identification (:func:`deidentify_series`) starts from the same blanked pixels.
     """
+
+    written: dict[int, Dataset]
+    parts: tuple[StackMask, ...]
+    masks: tuple[FaceMask, ...]
+    stacks: tuple[StackResult, ...]
+    filtered: tuple[Filtered, ...]
+    masker: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def blanked_voxels(self) -> int:
+        return sum(s.blanked_voxels for s in self.stacks)
+
+    @property
+    def filtered_counts(self) -> dict[str, int]:
+        return dict(Counter(f.kind for f in self.filtered))
+
+
+def deface_pixels(
+    datasets: Sequence[Dataset], masker: FaceMasker, *, remove_ears: bool = True
+) -> DefacedPixels:
+    """Find and blank the face (and ears) of every stack of one series held in memory.
+
+    Headers are not touched; ``timings`` holds the seconds spent building volumes, predicting
+    masks and writing the pixels back.
+    """
+    timings = {"volume": 0.0, "mask": 0.0, "write_back": 0.0}
     split = split_series(datasets)
     if split.filtered:
         log.info("instances_filtered", count=len(split.filtered), **split.filtered_counts())
@@ -175,8 +197,12 @@ def deface_series(
     masks: list[FaceMask] = []
     results: list[StackResult] = []
     for stack in split.stacks:
+        started = time.perf_counter()
         volume = stack_volume(datasets, stack, decoded)
+        timings["volume"] += time.perf_counter() - started
+        started = time.perf_counter()
         mask = masker.predict(volume)
+        timings["mask"] += time.perf_counter() - started
         if mask.labels.shape != volume.shape:
             raise MaskingError(
                 f"the masker returned a {mask.labels.shape} mask for the {volume.shape} stack {stack.label}"
@@ -192,20 +218,43 @@ def deface_series(
         masks.append(mask)
         results.append(StackResult(stack.label, volume.shape, blanked, background, mask.masker))
     decoded.clear()
+    started = time.perf_counter()
     written = write_back(datasets, parts)
+    timings["write_back"] = time.perf_counter() - started
     expected = {i for s in split.stacks for i in s.instances}
     if set(written) != expected:
         raise MaskingError("an instance of a stack was not written back", code="mask.incomplete")
+    return DefacedPixels(
+        written=written,
+        parts=tuple(parts),
+        masks=tuple(masks),
+        stacks=tuple(results),
+        filtered=tuple(split.filtered),
+        masker=masker.name,
+        timings=timings,
+    )
+
+
+def deidentify_series(
+    pixels: DefacedPixels, policy: DeidPolicy, key: bytes, *, mask_segmentation: bool = False
+) -> DefacedSeries:
+    """De-identify a defaced series for one destination's policy; ``pixels`` is not modified.
+
+    With ``mask_segmentation`` the result also holds the largest stack's face mask as
+    a DICOM Segmentation referencing the defaced instances.
+    """
+    started = time.perf_counter()
     output = []
     by_index: dict[int, Dataset] = {}
-    for index in sorted(written):
-        clean = deidentify(written[index], policy, key, defaced=True)
-        mark_derived(clean, masker.name, key)
+    for index in sorted(pixels.written):
+        clean = deidentify(pixels.written[index], policy, key, defaced=True)
+        mark_derived(clean, pixels.masker, key)
         output.append(clean)
         by_index[index] = clean
     uids = {str(ds.SeriesInstanceUID) for ds in output}
     if len(uids) != 1:
         raise DeidentificationError("de-identified instances do not share one Series Instance UID")
+    parts = pixels.parts
     largest = max(range(len(parts)), key=lambda i: int(np.prod(parts[i].volume.shape)))
     part = parts[largest]
     volume = part.volume
@@ -220,15 +269,34 @@ def deface_series(
     if mask_segmentation:
         from worker.segmentation import face_mask_segmentation
 
-        segmentation = face_mask_segmentation(volume, masks[largest], by_index, key)
+        segmentation = face_mask_segmentation(volume, pixels.masks[largest], by_index, key)
     return DefacedSeries(
         segmentation=segmentation,
         datasets=output,
         before=volume,
         after=after,
-        mask=masks[largest],
-        blanked_voxels=sum(r.blanked_voxels for r in results),
+        mask=pixels.masks[largest],
+        blanked_voxels=pixels.blanked_voxels,
         background=part.background,
-        stacks=tuple(results),
-        filtered=tuple(split.filtered),
+        stacks=pixels.stacks,
+        filtered=pixels.filtered,
+        timings={**pixels.timings, "deid": time.perf_counter() - started},
     )
+
+
+def deface_series(
+    datasets: Sequence[Dataset],
+    masker: FaceMasker,
+    policy: DeidPolicy,
+    key: bytes,
+    *,
+    remove_ears: bool = True,
+    mask_segmentation: bool = False,
+) -> DefacedSeries:
+    """Deface and de-identify one series held in memory, stack by stack, for one policy.
+
+    :func:`deface_pixels` then :func:`deidentify_series`; a job with several destinations
+    calls the two itself, to blank the pixels once.
+    """
+    pixels = deface_pixels(datasets, masker, remove_ears=remove_ears)
+    return deidentify_series(pixels, policy, key, mask_segmentation=mask_segmentation)

@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-teachers", action="store_true", help="reuse work_dir/teacher/*.npz")
     parser.add_argument("--resume", action="store_true", help="keep synthetic cases already written")
+    parser.add_argument(
+        "--negatives", type=float, default=0.15, help="share of skull-stripped cases labelled all background"
+    )
+    parser.add_argument(
+        "--init-from", type=Path, default=None, help="start from this checkpoint's weights (fine-tuning)"
+    )
     parser.add_argument("--png-dir", type=Path, default=None, help="write teacher QC PNGs here")
     args = parser.parse_args(argv)
     from worker.deface.training.train import train_model
@@ -34,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         teachers=not args.skip_teachers,
         png_dir=args.png_dir,
         resume=args.resume,
+        negatives=args.negatives,
+        init_from=args.init_from,
     )
     print(f"model written to {out}")
     return 0

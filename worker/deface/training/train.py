@@ -77,11 +77,23 @@ def build_teachers(work_dir: Path, png_dir: Path | None = None, names: list[str]
         print(name, result.metrics, flush=True)
 
 
-def build_dataset(work_dir: Path, n_cases: int, seed: int = 0, resume: bool = False) -> Path:
+def skull_stripped(tissue: np.ndarray) -> np.ndarray:
+    """The tissue map of a skull-stripped brain: everything outside the atlas brain becomes air.
+
+    Negative examples: a brain without skin, skull or face must get no face label, so the model
+    learns that bright tissue at the front of a volume is not by itself a face.
+    """
+    return np.where(tissue >= 5, tissue, 0).astype(tissue.dtype)
+
+
+def build_dataset(
+    work_dir: Path, n_cases: int, seed: int = 0, resume: bool = False, negatives: float = 0.0
+) -> Path:
     """Synthetic pairs from the training heads, as an nnU-Net raw dataset; returns its folder.
 
     Each case has its own random stream (``seed``, case number), so ``resume=True`` keeps the
-    complete cases already written and generates only the missing ones.
+    complete cases already written and generates only the missing ones. A share ``negatives``
+    of the cases are skull-stripped brains labelled all background (:func:`skull_stripped`).
     """
     import SimpleITK as sitk
 
@@ -101,7 +113,12 @@ def build_dataset(work_dir: Path, n_cases: int, seed: int = 0, resume: bool = Fa
         if resume and (raw / "labelsTr" / f"case_{case:04d}.nii.gz").exists():
             continue
         rng = np.random.default_rng([seed, case])
-        image, labels, params = synthesize(heads[name]["tissue"], heads[name]["labels"], rng)
+        tissue, labels = heads[name]["tissue"], heads[name]["labels"]
+        negative = bool(rng.random() < negatives)
+        if negative:
+            tissue, labels = skull_stripped(tissue), np.zeros_like(labels)
+        image, labels, params = synthesize(tissue, labels, rng)
+        params["negative"] = negative
         for array, path in (
             (image, raw / "imagesTr" / f"case_{case:04d}_0000.nii.gz"),
             (labels, raw / "labelsTr" / f"case_{case:04d}.nii.gz"),
@@ -160,9 +177,17 @@ def plan_and_preprocess(work_dir: Path, threads: int = 1) -> None:
     preprocess([DATASET_ID], configurations=[CONFIGURATION], num_processes=[threads], verbose=False)
 
 
-def run_training(work_dir: Path, iterations: int, budget_s: float | None = None, threads: int = 1) -> Path:
+def run_training(
+    work_dir: Path,
+    iterations: int,
+    budget_s: float | None = None,
+    threads: int = 1,
+    init_from: Path | None = None,
+) -> Path:
     """Train fold 0 with the base nnUNetTrainer on CPU; stop at ``iterations`` or ``budget_s``.
 
+    ``init_from``: a checkpoint (e.g. the shipped model's) whose network weights start the
+    training instead of a random initialisation; the optimiser and schedule start afresh.
     Returns the trainer's output folder (holding ``checkpoint_final.pth``).
     """
     import torch
@@ -189,6 +214,11 @@ def run_training(work_dir: Path, iterations: int, budget_s: float | None = None,
 
     trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = left_right_only
     started = time.time()
+    if init_from is not None:
+        trainer.initialize()
+        weights = torch.load(init_from, map_location="cpu", weights_only=False)["network_weights"]
+        trainer.network.load_state_dict(weights)
+        print(f"network initialised from {init_from}", flush=True)
     trainer.on_train_start()
     for _epoch in range(trainer.current_epoch, trainer.num_epochs):
         trainer.on_epoch_start()
@@ -261,13 +291,15 @@ def train_model(
     teachers: bool = True,
     png_dir: Path | None = None,
     resume: bool = False,
+    negatives: float = 0.15,
+    init_from: Path | None = None,
 ) -> Path:
     """The whole recipe: teachers, synthetic data, plan/preprocess, train, export to ``model_dir``."""
     work_dir = Path(work_dir)
     _env(work_dir, threads)
     if teachers:
         build_teachers(work_dir, png_dir)
-    build_dataset(work_dir, n_cases, seed, resume)
+    build_dataset(work_dir, n_cases, seed, resume, negatives)
     plan_and_preprocess(work_dir, threads)
-    trainer_dir = run_training(work_dir, iterations, budget_s, threads)
+    trainer_dir = run_training(work_dir, iterations, budget_s, threads, init_from)
     return export_model(trainer_dir, Path(model_dir))
