@@ -1,12 +1,16 @@
 """The canary proof: under every valid profile/option combination, no canary survives but the kept ones.
 
 One canary file (pydicom's example MR) holds a unique value in every attribute of Table E.1-1
-that pydicom can write, at the top level and again inside a sequence item, in repeating groups,
-private blocks and sequences, the file meta information and the command group, and in every
+that pydicom can write, at the top level and again inside a sequence item, in repeating groups
+(overlay data, comments, descriptions and labels; curves), private blocks and sequences, the file
+meta information and the command group, in the text, names, dates and UIDs of the items that
+Clean Structured Content and Clean Graphics keep (SR content three Content Sequences deep,
+acquisition context, specimen preparation, waveform and graphic annotations), and in every
 public attribute of pydicom's dictionary that neither the table nor the allow-list names (see
 :mod:`worker.deid.canary`). Each combination of the implemented options that the policy accepts
-is run on it; the output must read back, keep exactly the canaries that its options keep (K), and
-give ``dciodvfy`` (Debian's dicom3tools) no error that the input did not have.
+(every option but Clean Pixel Data) is run on it; the output must read back, keep exactly the
+canaries that its options keep (K), and give ``dciodvfy`` (Debian's dicom3tools) no error that
+the input did not have.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import pydicom
 import pydicom.examples
 import pytest
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 
 from worker.deid import DeidOption, DeidPolicy, deidentify
@@ -141,7 +146,7 @@ def test_the_canary_file_exercises_every_row_of_the_table(proof: Proof) -> None:
     print(f"\nrows of Table E.1-1 exercised: {rows} of {len(profile_table())}")
     assert rows == len(profile_table()) == 657
     kinds = {canary.kind for canary in proof.file.canaries}
-    assert kinds == {"table", "unlisted", "private", "safe-private", "command", "file-meta"}
+    assert kinds == {"table", "unlisted", "private", "safe-private", "command", "file-meta", "content"}
     assert sum(canary.kind == "unlisted" for canary in proof.unlisted.canaries) > 3000
 
 
@@ -186,5 +191,34 @@ def test_dciodvfy_is_available() -> None:
     assert Path(shutil.which("dciodvfy") or "").exists()
 
 
+def test_the_kept_items_of_the_clean_options_hold_canaries(proof: Proof) -> None:
+    """Each sequence that Clean Structured Content or Clean Graphics keeps has identifying values to clean."""
+    table = profile_table()
+    columns = (DeidOption.CLEAN_STRUCTURED_CONTENT, DeidOption.CLEAN_GRAPHICS)
+    kept = {
+        tag
+        for tag, row in table.exact.items()
+        if dictionary_has_tag(tag)
+        and dictionary_VR(tag) == "SQ"
+        and any(row.option_codes.get(option) == "C" for option in columns)
+    }
+    assert len(kept) == 5
+    for tag in kept:
+        inside = [
+            canary
+            for canary in proof.file.canaries
+            if canary.path[:1] == (tag,) and canary.kind in ("table", "content")
+        ]
+        assert len(inside) >= 2, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) has no canary in a kept item"
+    content = [canary for canary in proof.file.canaries if canary.path[:1] == (0x0040A730,)]
+    assert max(len(canary.path) for canary in content) >= 3  # three Content Sequences deep
+    assert {canary.tag for canary in content} >= {0x0040A160, 0x0040A123, 0x0040A121, 0x0040A124}
+    overlays = {canary.tag for canary in proof.file.canaries if canary.tag >> 24 == 0x60}
+    assert overlays >= {0x60003000, 0x60024000, 0x60000022, 0x60001500}
+
+
 def test_every_option_combination_was_run() -> None:
+    assert DeidOption.CLEAN_STRUCTURED_CONTENT in IMPLEMENTED and DeidOption.CLEAN_GRAPHICS in IMPLEMENTED
+    assert DeidOption.CLEAN_PIXEL_DATA not in IMPLEMENTED
     assert len(POLICIES) == 3 * 2 ** (len(IMPLEMENTED) - 2)  # the two date options exclude each other
+    print(f"\noption combinations run on the canary files: {len(POLICIES)}")

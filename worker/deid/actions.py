@@ -16,8 +16,11 @@ Resolving a row's action for a policy
   before D (a sequence with no items is present and carries nothing). U* keeps the sequence and
   lets its items be de-identified, which replaces the UIDs inside through their own rows.
 * **C depends on the column.** In the Modified Dates column it shifts dates; in the Safe Private
-  column it keeps private attributes listed as safe; in the other columns it cleans: free text
-  that is not empty is replaced with a dummy, and a sequence is kept with dummy content (see
+  column it keeps private attributes listed as safe; in the Clean Structured Content and Clean
+  Graphics columns it keeps a sequence and cleans its items against that option's allow-list of
+  item content (:mod:`worker.deid.clean`), and removes a non-sequence element (an overlay bitmap,
+  a curve), which no allow-list can vouch for; in the other columns it cleans: free text that is
+  not empty is replaced with a dummy, and a sequence is kept with dummy content (see
   :class:`Action`). Where a C cannot apply to an element's VR (a binary timestamp, say), the
   Basic profile's action applies instead: an option never makes the engine keep what it cannot
   clean.
@@ -46,13 +49,23 @@ class Action(Enum):
     elsewhere, are replaced with dummies too, because a code sequence such as Person
     Identification Code Sequence carries the identifier in its unlisted CodeValue. Only CS, UI
     and AT values (coded terms, class UIDs, tags) are kept there, so that items keep their
-    structure.
+    structure. CLEAN_STRUCTURED and CLEAN_GRAPHICS keep a sequence and clean its items against an
+    allow-list of item content instead (:mod:`worker.deid.clean`).
+
+    The order of the members is their protection, lowest first: when two selected options act on
+    one row, the later member wins.
     """
 
     KEEP = "keep"
     REMAP_UID = "remap_uid"
     SAFE_PRIVATE = "safe_private"
     SHIFT_DATES = "shift_dates"
+    #: Clean Structured Content's C: the sequence stays, its items are cleaned against the
+    #: content-item allow-list (codes, numbers and structure kept, text and names replaced).
+    CLEAN_STRUCTURED = "clean_structured"
+    #: Clean Graphics' C: the sequence stays, its items are cleaned against the graphic
+    #: annotation allow-list (coordinates kept, text replaced); other elements are removed.
+    CLEAN_GRAPHICS = "clean_graphics"
     CLEAN = "clean"
     DUMMY = "dummy"
     EMPTY = "empty"
@@ -140,6 +153,10 @@ def option_action(option: DeidOption, code: str) -> Action:
         return Action.SHIFT_DATES
     if code == "C" and option is DeidOption.RETAIN_SAFE_PRIVATE:
         return Action.SAFE_PRIVATE
+    if code == "C" and option is DeidOption.CLEAN_STRUCTURED_CONTENT:
+        return Action.CLEAN_STRUCTURED
+    if code == "C" and option is DeidOption.CLEAN_GRAPHICS:
+        return Action.CLEAN_GRAPHICS
     return _CODE_ACTIONS[code]
 
 

@@ -2,10 +2,13 @@
 
 A canary is a unique value (a string, UID, date or number no real header holds) written into one
 attribute. :func:`build_canaries` writes one into every attribute of Table E.1-1 that can be
-encoded (at the top level and again inside a sequence item), into repeating groups, private
-blocks, nested and private sequences and the file meta information, and optionally into every
-public attribute of pydicom's dictionary that the table does not list and the allow-list does
-not name. After de-identification, :func:`surviving` finds which canaries are still there, and
+encoded (at the top level and again inside a sequence item), into repeating groups (overlay data,
+comments, descriptions and labels, curves), private blocks, nested and private sequences and the
+file meta information, into the identifying values of the items the Clean Structured Content and
+Clean Graphics options keep (SR text, names, dates and UIDs three Content Sequences deep,
+acquisition context, specimen preparation, waveform and graphic annotation text), and optionally
+into every public attribute of pydicom's dictionary that the table does not list and the
+allow-list does not name. After de-identification, :func:`surviving` finds which canaries are still there, and
 :func:`expected_survivors` says which may be: only those that a selected option keeps (K).
 
 The expectations are derived from the table's codes, not from the engine's resolved rules, so the
@@ -20,7 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from pydicom.datadict import DicomDictionary, dictionary_has_tag, dictionary_VR
+from pydicom.datadict import DicomDictionary, dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -43,6 +46,7 @@ SAFE_PRIVATE_CREATOR = "GEMS_ACQU_01"
 SAFE_PRIVATE_GROUP, SAFE_PRIVATE_ELEMENT = 0x0019, 0x23
 
 _PATIENT_NAME, _PATIENT_ID, _MEDIA_SOP_INSTANCE_UID = 0x00100010, 0x00100020, 0x00020003
+_CONTENT_SEQUENCE = 0x0040A730
 #: The sequence the nested copies of the table's attributes are written into: allowed and not in
 #: the table, so the engine always keeps it and walks its items, whatever the options.
 _NESTING_SEQUENCE = 0x00081115  # ReferencedSeriesSequence
@@ -61,7 +65,9 @@ class Canary:
     what shows the value in a written file, or None where it is checked on the dataset instead
     (binary numbers and short values). ``row`` is the Table E.1-1 row, None for attributes the
     table does not list and for private attributes; ``kind`` is ``"table"``, ``"unlisted"``,
-    ``"private"``, ``"safe-private"``, ``"command"`` or ``"file-meta"``.
+    ``"private"``, ``"safe-private"``, ``"command"``, ``"file-meta"`` or ``"content"`` (free text
+    of a content item or graphic annotation that the table does not list, such as Text Value,
+    which no option keeps).
     """
 
     tag: int
@@ -214,6 +220,109 @@ class _Builder:
         item.add(unlisted)
         return item
 
+    def add(self, item: Dataset, keyword: str, path: tuple[int, ...]) -> None:
+        """Write a canary into `item`'s attribute `keyword`: its table row's, or content free text."""
+        tag = int(tag_for_keyword(keyword) or 0)
+        row = profile_table().lookup(tag)
+        elem = self.element(tag, _vr_of(tag), path, row, "table" if row is not None else "content")
+        assert elem is not None
+        item.add(elem)
+
+    def content_item(self, path: tuple[int, ...], depth: int) -> Dataset:
+        """An SR content item with canaries in every value a content item can identify by, nested.
+
+        `path` holds the tags of the sequences down to this item; below it, Content Sequences
+        nest down to `depth` 3. Codes, numbers and structure carry no canary: the Clean Structured
+        Content option keeps them.
+        """
+        item = Dataset()
+        item.RelationshipType = "CONTAINS"
+        item.ValueType = "TEXT"
+        item.ConceptNameCodeSequence = Sequence([_code("121106", "DCM", "Comment")])
+        item.ConceptNameCodeSequence.append(self.never_item((*path, 0x0040A043)))
+        for keyword in ("TextValue", "PersonName", "Date", "Time", "DateTime", "UID"):
+            self.add(item, keyword, path)
+        for keyword in ("ObservationDateTime", "ObservationUID"):
+            self.add(item, keyword, path)
+        measured = Dataset()
+        measured.NumericValue = "42"
+        measured.MeasurementUnitsCodeSequence = Sequence([_code("mm", "UCUM", "millimeter")])
+        item.MeasuredValueSequence = Sequence([measured])
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        self.add(reference, "ReferencedSOPInstanceUID", (*path, 0x00081199))
+        item.ReferencedSOPSequence = Sequence([reference])
+        if depth < 3:
+            nested = (*path, _CONTENT_SEQUENCE)
+            item.ContentSequence = Sequence([self.content_item(nested, depth + 1), self.never_item(nested)])
+        return item
+
+    def cleaned_items(self) -> dict[int, Dataset]:
+        """The first item of each sequence that Clean Structured Content or Clean Graphics keeps."""
+        content = self.content_item((_CONTENT_SEQUENCE,), 1)
+        context = self.content_item((0x00400555,), 3)  # AcquisitionContextSequence
+        specimen = Dataset()
+        steps = (0x00400610, 0x00400612)  # SpecimenPreparation(StepContentItem)Sequence
+        specimen.SpecimenPreparationStepContentItemSequence = Sequence([self.content_item(steps, 3)])
+        waveform = Dataset()
+        waveform.ConceptNameCodeSequence = Sequence([_code("121106", "DCM", "Comment")])
+        waveform.ReferencedWaveformChannels = [1, 1]
+        waveform.AnnotationGroupNumber = 1
+        for keyword in ("UnformattedTextValue", "ReferencedDateTime"):
+            self.add(waveform, keyword, (0x0040B020,))
+        return {
+            _CONTENT_SEQUENCE: content,
+            0x00400555: context,
+            0x00400610: specimen,
+            0x0040B020: waveform,
+            0x00700001: self.graphic_annotation(),
+        }
+
+    def graphic_annotation(self) -> Dataset:
+        """A graphic annotation item: a text object, a polyline and a ruler, with canaries in the text."""
+        path = (0x00700001,)  # GraphicAnnotationSequence
+        item = Dataset()
+        self.add(item, "GraphicLayer", path)
+        image = Dataset()
+        image.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+        self.add(image, "ReferencedSOPInstanceUID", (*path, 0x00081140))
+        item.ReferencedImageSequence = Sequence([image])
+        text = Dataset()
+        text.BoundingBoxAnnotationUnits = "PIXEL"
+        self.add(text, "UnformattedTextValue", (*path, 0x00700008))
+        text.BoundingBoxTopLeftHandCorner = [1.0, 1.0]
+        text.BoundingBoxBottomRightHandCorner = [40.0, 10.0]
+        text.BoundingBoxTextHorizontalJustification = "LEFT"
+        item.TextObjectSequence = Sequence([text, self.never_item((*path, 0x00700008))])
+        graphic = Dataset()
+        graphic.GraphicAnnotationUnits = "PIXEL"
+        graphic.GraphicDimensions = 2
+        graphic.NumberOfGraphicPoints = 2
+        graphic.GraphicData = [10.0, 10.0, 50.0, 50.0]
+        graphic.GraphicType = "POLYLINE"
+        item.GraphicObjectSequence = Sequence([graphic, self.never_item((*path, 0x00700009))])
+        tick = Dataset()
+        tick.TickPosition = 0.5
+        self.add(tick, "TickLabel", (*path, 0x00700209, 0x00700287))
+        ruler = Dataset()
+        ruler.CompoundGraphicInstanceID = 1
+        ruler.GraphicAnnotationUnits = "PIXEL"
+        ruler.GraphicDimensions = 2
+        ruler.NumberOfGraphicPoints = 2
+        ruler.GraphicData = [10.0, 60.0, 50.0, 60.0]
+        ruler.CompoundGraphicType = "RULER"
+        ruler.MajorTicksSequence = Sequence([tick])
+        item.CompoundGraphicSequence = Sequence([ruler])
+        return item
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue = value
+    code.CodingSchemeDesignator = scheme
+    code.CodeMeaning = meaning
+    return code
+
 
 def build_canaries(base: Dataset, *, unlisted: bool = False) -> CanaryFile:
     """Write canaries into `base` (changed in place; give it a fresh dataset with file meta).
@@ -258,9 +367,19 @@ def build_canaries(base: Dataset, *, unlisted: bool = False) -> CanaryFile:
                 nested.add(copy)
     ds.add(DataElement(_NESTING_SEQUENCE, "SQ", Sequence([nested])))
 
+    # The sequences Clean Structured Content and Clean Graphics keep: real items first (their
+    # canaries' paths go through first items), the table loop's private and unlisted item after.
+    for tag, item in builder.cleaned_items().items():
+        ds[tag].value.insert(0, item)
+
     # Repeating groups: overlays in two groups of their range, and curves.
     for tag, vr in ((0x60003000, "OW"), (0x60024000, "LT"), (0x50003000, "OB")):
         elem = builder.element(tag, vr, (), table.lookup(tag), "table")
+        assert elem is not None
+        ds.add(elem)
+    # Overlay Description and Overlay Label: free text of the overlay, not rows of the table.
+    for tag in (0x60000022, 0x60001500, 0x60020022):
+        elem = builder.element(tag, "LO", (), None, "unlisted")
         assert elem is not None
         ds.add(elem)
 
@@ -306,6 +425,18 @@ def build_canaries(base: Dataset, *, unlisted: bool = False) -> CanaryFile:
     return CanaryFile(dataset=ds, canaries=builder.canaries, commands=commands, rows=builder.rows)
 
 
+def build_cleaned_items() -> tuple[dict[int, Dataset], list[Canary]]:
+    """Items for the sequences that Clean Structured Content and Clean Graphics keep, with canaries.
+
+    For putting into another dataset (a real image): by tag of the sequence (Content Sequence,
+    Acquisition Context, Specimen Preparation, Waveform and Graphic Annotation Sequences), its
+    first item, and the canaries written into them. None of them survives without Retain options.
+    """
+    builder = _Builder()
+    items = builder.cleaned_items()
+    return items, builder.canaries
+
+
 def _kept_by(row: ProfileRow, vr: str, options: frozenset[DeidOption]) -> bool:
     """Whether the selected options keep the value of an attribute of `row` (read off the table).
 
@@ -325,6 +456,40 @@ def _kept_by(row: ProfileRow, vr: str, options: frozenset[DeidOption]) -> bool:
     return True
 
 
+#: The options whose C keeps a sequence and cleans its items (the other columns' C on a sequence
+#: replaces its content with dummies).
+_ITEM_CLEANING_OPTIONS = frozenset({DeidOption.CLEAN_STRUCTURED_CONTENT, DeidOption.CLEAN_GRAPHICS})
+
+
+def _items_kept(path: tuple[int, ...], options: frozenset[DeidOption]) -> bool:
+    """Whether the enclosing sequences of `path` keep their items (read off the table's codes).
+
+    A sequence the table does not list is kept when allowed (the canaries nest only in such) and
+    walked. A row is kept when every selected option with a code for it keeps it (K, or the C of
+    Clean Structured Content and Clean Graphics) and, without such an option, when the Basic
+    code is D (dummy content, inside which rows still apply) or U* (items kept). A Basic code
+    with X or Z among its choices lets the Type in the IOD decide; the canary file is an MR
+    image, whose IOD has none of the sequences that hold canaries, so the sequence goes.
+    """
+    table = profile_table()
+    for tag in path:
+        row = table.lookup(tag)
+        if row is None:
+            continue
+        codes = [(option, code) for option, code in row.option_codes.items() if option in options]
+        if codes:
+            if all(
+                code == "K" or (code == "C" and option in _ITEM_CLEANING_OPTIONS) for option, code in codes
+            ):
+                continue
+            return False
+        basic = {code.rstrip("*") for code in row.basic.split("/")}
+        if "U" in basic or basic == {"D"}:
+            continue
+        return False
+    return True
+
+
 def expected_survivors(canaries: Iterable[Canary], options: Iterable[DeidOption]) -> set[Canary]:
     """The canaries that may survive de-identification with `options`, from the table's codes."""
     selected = frozenset(options)
@@ -338,7 +503,7 @@ def expected_survivors(canaries: Iterable[Canary], options: Iterable[DeidOption]
             continue
         if canary.tag in (_PATIENT_NAME, _PATIENT_ID, _MEDIA_SOP_INSTANCE_UID):
             continue  # always replaced: the pseudonym, and the file meta copy of the SOP Instance UID
-        if _kept_by(canary.row, canary.vr, selected):
+        if _kept_by(canary.row, canary.vr, selected) and _items_kept(canary.path, selected):
             expected.add(canary)
     return expected
 

@@ -17,6 +17,13 @@ sequence the table replaces with dummy content, allowed attributes get dummy val
 
 On top of the table:
 
+* the Clean Structured Content and Clean Graphics options keep the sequences their column marks C
+  (SR content, acquisition context, specimen preparation, waveform and graphic annotations) and
+  clean their items against allow-lists of item content (:mod:`worker.deid.clean`): codes,
+  numbers, coordinates and structure stay, free text becomes a dummy, rows of the table inside
+  (names, dates, UIDs) get their own action, and everything else is removed, at every depth.
+  Overlay planes and curves, which only pixel-level work could clean, are removed under Clean
+  Graphics as under the Basic profile;
 * images that may show identifying text in their pixels are refused: BurnedInAnnotation YES, and
   secondary capture or screen-save objects, since the engine does not clean pixel data (the
   Clean Pixel Data option is not supported);
@@ -45,8 +52,9 @@ covers pixel data.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +81,7 @@ from worker.deid.actions import (
     shift_dt,
 )
 from worker.deid.allowlist import allow_list
+from worker.deid.clean import CleanContexts, Context, Entry, Treatment, clean_contexts
 from worker.deid.iod import NOT_IN_IOD, AttributePath, attribute_types
 from worker.deid.lookup import PatientIdLookup
 from worker.deid.options import (
@@ -180,6 +189,7 @@ def deidentify(ds: Dataset, policy: DeidPolicy, key: bytes, *, defaced: bool = F
         )
     else:
         replacement = pseudonymise(patient, key, policy.patient_id_prefix)
+    cleaners = clean_contexts()
     walker = _Walker(
         rules=rules_for(policy),
         types=_iod_types(ds),
@@ -188,6 +198,8 @@ def deidentify(ds: Dataset, policy: DeidPolicy, key: bytes, *, defaced: bool = F
         patient_ids=patient_ids,
         date_shift_days=date_shift_days(patient, key),
         safe_private=safe_private_table(),
+        cleaners=cleaners,
+        document=cleaners.document if DeidOption.CLEAN_STRUCTURED_CONTENT in policy.options else {},
     )
     out = walker.dataset(ds, blank=False, where="", path=())
 
@@ -247,6 +259,11 @@ class _Walker:
     patient_ids: _PatientIds
     date_shift_days: int
     safe_private: frozenset[SafePrivateKey]
+    #: The allow-lists of the Clean Structured Content and Clean Graphics cleaners.
+    cleaners: CleanContexts
+    #: What the top level keeps besides the table and the allow-list: an SR document's root
+    #: content item under Clean Structured Content, nothing otherwise.
+    document: Context
 
     def dataset(self, src: Dataset, *, blank: bool, where: str, path: AttributePath) -> Dataset:
         """De-identify one dataset or sequence item.
@@ -265,6 +282,7 @@ class _Walker:
                 # command and file meta elements do not belong in a data set body: writers refuse
                 # them, and dropping them is at least as protective as the table's X or U.
                 continue
+            root: Entry | None = None
             if group % 2 == 1:
                 if number not in kept_private:
                     continue
@@ -272,26 +290,18 @@ class _Walker:
             else:
                 rule = self.rules.lookup(number)
                 if rule is None and number not in self.allowed:
-                    continue  # neither in Table E.1-1 nor allowed: removed, whatever its value
+                    root = self.document.get(number) if not path and not blank else None
+                    if root is None:
+                        continue  # neither in Table E.1-1 nor allowed: removed, whatever its value
             label = where + _label(number, rule)
-            try:
+            with _failing_closed(label):
                 elem = src[tag]
-                new = (
-                    self._private(elem, blank, label, path)
-                    if group % 2 == 1
-                    else self._public(elem, rule, blank, label, path)
-                )
-            except DeidentificationError:
-                raise
-            except _ValueFreeError as exc:
-                raise DeidentificationError(
-                    f"cannot de-identify {label}: {exc}", code="deid.element"
-                ) from None
-            except Exception as exc:  # noqa: BLE001 - fail closed: any failure stops this instance
-                # `from None`: the original message may quote the value, which is PHI.
-                raise DeidentificationError(
-                    f"cannot de-identify {label}: {type(exc).__name__}", code="deid.element"
-                ) from None
+                if group % 2 == 1:
+                    new = self._private(elem, blank, label, path)
+                elif root is not None:
+                    new = self._clean(elem, root, label, path)
+                else:
+                    new = self._public(elem, rule, blank, label, path)
             if new is not None:
                 out.add(new)
         return out
@@ -359,20 +369,96 @@ class _Walker:
         return DataElement(elem.tag, elem.VR, self.patient_ids.replace(text, where=where))
 
     def _sequence(
-        self, elem: DataElement, rule: Rule | None, blank: bool, label: str, path: AttributePath
+        self,
+        elem: DataElement,
+        rule: Rule | None,
+        blank: bool,
+        label: str,
+        path: AttributePath,
+        items_context: str | None = None,
     ) -> DataElement | None:
+        """De-identify a sequence; `items_context` names the cleaner context of its kept items.
+
+        `items_context` is set for a row of the table met inside cleaned content (a nested
+        Content Sequence, a Referenced Image Sequence): its items stay under that allow-list.
+        """
+        inner = (*path, keyword_for_tag(elem.tag) or "")
         if rule is None:
             action = Action.KEEP
         elif rule.option in (Action.SHIFT_DATES, Action.SAFE_PRIVATE, None):
             action = self._basic(rule, path, sequence=True)  # no option, or one not for sequences
+        elif rule.option in (Action.CLEAN_STRUCTURED, Action.CLEAN_GRAPHICS):
+            entries = (
+                self.cleaners.structured if rule.option is Action.CLEAN_STRUCTURED else self.cleaners.graphics
+            )
+            context = entries.get(int(elem.tag))
+            if context is not None and not blank:
+                return self._clean_items(elem, context, label, inner)
+            # Inside dummy content the enclosing sequence's D wins; and a sequence whose items no
+            # allow-list describes (a row a later edition adds) is not kept on trust.
+            action = self._basic(rule, path, sequence=True)
         else:
             action = rule.option
         if action is Action.REMOVE:
             return None
         if action is Action.EMPTY:
             return DataElement(elem.tag, "SQ", Sequence())
-        inner = (*path, keyword_for_tag(elem.tag) or "")
+        if items_context is not None and action in (Action.KEEP, Action.REMAP_UID) and not blank:
+            return self._clean_items(elem, items_context, label, inner)
         return self._items(elem, blank or action in (Action.DUMMY, Action.CLEAN), label, inner)
+
+    def _clean_items(self, elem: DataElement, context: str, label: str, path: AttributePath) -> DataElement:
+        """Keep a sequence whose items are cleaned against the allow-list `context`."""
+        allowed = self.cleaners.contexts[context]
+        items = [
+            self._clean_dataset(item, allowed, where=f"{label}[{index}] > ", path=path)
+            for index, item in enumerate(elem.value)
+        ]
+        return DataElement(elem.tag, "SQ", Sequence(items), is_undefined_length=elem.is_undefined_length)
+
+    def _clean_dataset(self, src: Dataset, allowed: Context, *, where: str, path: AttributePath) -> Dataset:
+        """One item of cleaned content: what `allowed` lists, treated as it says; nothing else.
+
+        Private attributes go too, Retain Safe Private or not: the safe private table describes
+        attributes of images, not of content items.
+        """
+        out = Dataset()
+        for tag in list(src.keys()):
+            entry = allowed.get(int(tag))
+            if entry is None:
+                continue  # not on this kind of item's allow-list: removed, whatever its value
+            label = where + _label(int(tag), None)
+            with _failing_closed(label):
+                new = self._clean(src[tag], entry, label, path)
+            if new is not None:
+                out.add(new)
+        return out
+
+    def _clean(self, elem: DataElement, entry: Entry, label: str, path: AttributePath) -> DataElement | None:
+        """One allowed attribute of cleaned content, treated as its `entry` says."""
+        vr = base_vr(elem.VR)
+        if vr != entry.vr:
+            # Read as UN, or written with another VR than the standard's: its value is not what
+            # the allow-list vouches for, so it is not examined.
+            return None
+        if entry.treatment is Treatment.TABLE:
+            rule = self.rules.lookup(int(elem.tag))
+            if rule is None:  # clean_contexts() refuses a TABLE entry that is not a row
+                return None
+            if vr == "SQ":
+                return self._sequence(elem, rule, False, label, path, items_context=entry.items)
+            return self.element(elem, rule, False, path)
+        if vr == "SQ":
+            if entry.items is None:  # clean_contexts() gives every sequence its items' context
+                return None
+            return self._clean_items(elem, entry.items, label, (*path, entry.keyword))
+        if entry.treatment in (Treatment.KEEP, Treatment.CODE) or elem.is_empty:
+            return _copy_element(elem)
+        if entry.treatment is Treatment.TERM:
+            values = elem.value if isinstance(elem.value, MultiValue | list | tuple) else [elem.value]
+            if all(_text(value).strip(" \x00") in entry.terms for value in values):
+                return _copy_element(elem)
+        return self._apply(elem, vr, Action.DUMMY)  # TEXT, and a TERM outside the standard's terms
 
     def _items(self, elem: DataElement, blank: bool, label: str, path: AttributePath) -> DataElement:
         items = [
@@ -392,6 +478,11 @@ class _Walker:
             return _copy_element(elem)
         if rule.option is Action.SHIFT_DATES and vr in ("DA", "DT", "TM"):
             return self._shift_dates(elem, vr)
+        if rule.option in (Action.CLEAN_STRUCTURED, Action.CLEAN_GRAPHICS):
+            # The cleaners clean items of sequences. What else these columns mark C (overlay
+            # bitmaps and their comments, curves; a sequence read as UN) cannot be cleaned
+            # without reading pixels, so it is removed: see worker.deid.clean for why.
+            return None
         if rule.option is Action.CLEAN and vr in TEXT_VRS:
             return self._apply(elem, vr, Action.CLEAN)
         if rule.option in (Action.KEEP, Action.REMAP_UID, Action.DUMMY, Action.EMPTY, Action.REMOVE):
@@ -428,6 +519,22 @@ class _Walker:
                 f"its {vr} value cannot be shifted by the Modified Dates option ({exc})"
             ) from None
         return DataElement(elem.tag, elem.VR, value)
+
+
+@contextlib.contextmanager
+def _failing_closed(label: str) -> Iterator[None]:
+    """Turn any failure on the element `label` into a :class:`DeidentificationError` without its value."""
+    try:
+        yield
+    except DeidentificationError:
+        raise
+    except _ValueFreeError as exc:
+        raise DeidentificationError(f"cannot de-identify {label}: {exc}", code="deid.element") from None
+    except Exception as exc:  # noqa: BLE001 - fail closed: any failure stops this instance
+        # `from None`: the original message may quote the value, which is PHI.
+        raise DeidentificationError(
+            f"cannot de-identify {label}: {type(exc).__name__}", code="deid.element"
+        ) from None
 
 
 def _copy_element(elem: DataElement) -> DataElement:

@@ -67,12 +67,12 @@ OPTION_CODES: dict[DeidOption, MethodCode] = {
 
 #: Options that are refused rather than ignored: selecting an option promises the recipient
 #: something, so accepting one the engine does not carry out would be a privacy defect.
+#:
+#: Clean Structured Content and Clean Graphics are carried out (:mod:`worker.deid.clean`): the
+#: table covers only some content item attributes (Text Value, for one, is not a row), so their
+#: items are cleaned against allow-lists of item content rather than by the table alone; overlay
+#: bitmaps and curves, which only pixel-level work could clean, are removed.
 UNSUPPORTED_OPTIONS: dict[DeidOption, str] = {
-    # The table only covers some content item attributes (TextValue, for one, is not in it), so
-    # keeping SR content and applying the table to it would let free text through.
-    DeidOption.CLEAN_STRUCTURED_CONTENT: "cleaning SR and acquisition context content item values",
-    # Keeping overlays and curves means cleaning their bitmaps, which needs pixel-level work.
-    DeidOption.CLEAN_GRAPHICS: "cleaning overlay bitmaps, curves and graphic annotations",
     # Finding and removing text burned into the pixels (OCR); until then, images that may carry
     # it (BurnedInAnnotation YES, secondary capture, screen saves) are refused, not forwarded.
     DeidOption.CLEAN_PIXEL_DATA: "removing identifying text burned into the pixel data",
