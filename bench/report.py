@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pediface.machine import describe
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEach section below is rewritten by the benchmark that names it; run them with `make bench`.\n"
 
 
-def machine() -> str:
-    """CPU model, cores, Python and kernel: the context every figure needs."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+machine = describe
+"""CPU model, cores, Python and kernel (:func:`pediface.machine.describe`)."""
 
 
 def stamp() -> str:

@@ -912,19 +912,11 @@ def to_json(results: Sequence[Result], meta: dict[str, Any]) -> str:
 
 
 def run_context() -> dict[str, str]:
-    """When and where a run happened: UTC date, CPU model and count, Python, OpenCV."""
-    import os
-    import platform
+    """When and where a run happened: UTC date, CPU model and count, Python, kernel, OpenCV."""
     from datetime import UTC, datetime
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from pediface.machine import describe
+
     try:
         import cv2
 
@@ -933,7 +925,7 @@ def run_context() -> dict[str, str]:
         opencv = "absent"
     return {
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "machine": f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, OpenCV {opencv}",
+        "machine": f"{describe()}, OpenCV {opencv}",
     }
 
 
