@@ -56,6 +56,23 @@ face (and the template masker's dilated mask) stays 0.65-0.75 radii away; a
 mask reaching closer is reaching into the brain.
 """
 
+MAX_POSTERIOR_MM = 10.0
+"""How far behind the head's centre of mass (along the posterior axis) a face voxel may lie.
+
+The face is in front of the ears, and the ears are near the head's centre plane: a face label
+behind it is a second "face" on the back of the head (seen with the first model on the MNI305
+average head, cutting 41 ml of brain) or a wrong orientation.
+"""
+
+EAR_SHELL_MM = 4.0
+"""Ears are blanked only in the air around the head and the head's outer layer (on the model's
+grid, voxels at most this far from the air outside the head).
+
+The auricle is a flap sticking out into the air; the temporal lobe lies a centimetre or less
+under the scalp beside it (less in infants). Without this limit the dilated ear label of a
+4 mm model reached the registered atlas brain on three of three heads (240 to 27,624 voxels).
+"""
+
 MIN_COMPONENT_ML = 1.0
 """Predicted specks smaller than this (not the largest piece of their label) are dropped.
 
@@ -180,13 +197,16 @@ class NnUNetMasker:
         details: dict[str, float | str] = {"device": self.device, "margin_mm": self.margin_mm}
         labels_small, dropped = self._without_specks(labels_small)
         details["dropped_ml"] = round(dropped, 2)
-        self._check(labels_small, small, small_array, low, high, details)
+        normalised = _normalised(small, low, high)
+        head = sitk.GetArrayFromImage(normalised) > _otsu(normalised)
+        self._check(labels_small, head, details)
+        shell = outer_shell(head, self.spacing_mm)
+        labels_small[(labels_small == FaceLabel.EARS) & ~shell] = FaceLabel.BACKGROUND
 
-        label_image = sitk.GetImageFromArray(labels_small)
-        label_image.CopyInformation(small)
-        on_grid = sitk.GetArrayFromImage(self._resample(label_image, image, sitk.sitkNearestNeighbor))
+        on_grid = self._on_volume_grid(labels_small, small, image)
         face = self._dilated(on_grid == FaceLabel.FACE, image.GetSpacing())
-        ears = self._dilated(on_grid == FaceLabel.EARS, image.GetSpacing()) & ~face
+        shell_on_grid = self._on_volume_grid(shell.astype(np.uint8), small, image) > 0
+        ears = self._dilated(on_grid == FaceLabel.EARS, image.GetSpacing()) & shell_on_grid & ~face
         if not face.any():
             raise MaskingError("the predicted face does not overlap the volume's grid", code="mask.empty")
         out = face.astype(np.uint8) * np.uint8(FaceLabel.FACE) + ears.astype(np.uint8) * np.uint8(
@@ -196,6 +216,12 @@ class NnUNetMasker:
         return FaceMask(labels=out, masker=self.name, details=details)
 
     # -- steps ------------------------------------------------------------------
+
+    def _on_volume_grid(self, array: np.ndarray, small: sitk.Image, image: sitk.Image) -> np.ndarray:
+        """A label array of the model grid carried onto the volume's grid (nearest neighbour)."""
+        label_image = sitk.GetImageFromArray(array)
+        label_image.CopyInformation(small)
+        return sitk.GetArrayFromImage(self._resample(label_image, image, sitk.sitkNearestNeighbor))
 
     def _filter(self, image_filter: Any) -> Any:
         if self.threads is not None:
@@ -256,15 +282,7 @@ class NnUNetMasker:
                     dropped += int(sizes[index])
         return out, dropped * voxel_ml
 
-    def _check(
-        self,
-        labels: np.ndarray,
-        small: sitk.Image,
-        small_array: np.ndarray,
-        low: float,
-        high: float,
-        details: dict[str, float | str],
-    ) -> None:
+    def _check(self, labels: np.ndarray, head: np.ndarray, details: dict[str, float | str]) -> None:
         voxel_ml = self.spacing_mm**3 / 1000.0
         face = labels == FaceLabel.FACE
         face_ml = float(np.count_nonzero(face)) * voxel_ml
@@ -276,8 +294,6 @@ class NnUNetMasker:
                 "field of view, already defaced, skull-stripped, or not a head",
                 code="mask.no_face",
             )
-        normalised = _normalised(small, low, high)
-        head = sitk.GetArrayFromImage(normalised) > _otsu(normalised)
         head_voxels = int(np.count_nonzero(head))
         if head_voxels == 0:
             raise MaskingError("no head tissue found in the volume", code="mask.input")
@@ -304,6 +320,14 @@ class NnUNetMasker:
         # LPS grid: array axis 1 is y, which grows towards the back of the head.
         anterior_mm = float(centre[1] - points[:, 1].mean()) * self.spacing_mm
         details["face_anterior_mm"] = round(anterior_mm, 1)
+        posterior_mm = float(points[:, 1].max() - centre[1]) * self.spacing_mm
+        details["face_posterior_mm"] = round(posterior_mm, 1)
+        if posterior_mm > MAX_POSTERIOR_MM:
+            raise MaskingError(
+                f"part of the predicted face lies {posterior_mm:.0f} mm behind the head's centre (at most "
+                f"{MAX_POSTERIOR_MM:.0f} mm expected): it would cut into the back of the head",
+                code="mask.implausible",
+            )
         if anterior_mm <= 0:
             raise MaskingError(
                 "the predicted face lies behind the head's centre: wrong orientation in the header "
@@ -314,3 +338,22 @@ class NnUNetMasker:
     def _dilated(self, region: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
         """``region`` grown by :attr:`margin_mm`."""
         return dilate_mm(region, spacing_xyz, self.margin_mm, self.threads)
+
+
+def outer_shell(head: np.ndarray, spacing_mm: float, shell_mm: float = EAR_SHELL_MM) -> np.ndarray:
+    """The air connected to the grid's border, and the head voxels within ``shell_mm`` of it.
+
+    Dark tissue inside the head (bone, CSF) is not air: only below-threshold regions that touch
+    the border of the grid count, so the brain under a dark skull stays deep.
+    """
+    from scipy import ndimage as ndi
+
+    components, _ = ndi.label(~head)
+    border = np.zeros_like(head, dtype=bool)
+    for axis in range(head.ndim):
+        for index in (0, -1):
+            border[(slice(None),) * axis + (index,)] = True
+    outside_labels = np.unique(components[border & ~head])
+    outside = np.isin(components, outside_labels[outside_labels > 0])
+    depth = ndi.distance_transform_edt(~outside) * spacing_mm
+    return outside | (depth <= shell_mm)
