@@ -104,12 +104,14 @@ def worker(config: ConfigOption = None) -> None:
     (redis://...) start as many workers on as many machines as needed; they must share data_dir.
     """
     settings = _settings(config)
-    from worker.app import configure, runner
+    from worker.app import check_masker, configure, runner
 
     celery_app = configure(settings)
     try:
         # Fail at start, loudly, rather than on the first series: bad key, options or model.
-        runner().masker  # noqa: B018 - builds and checks the masker now
+        # The pool processes build the masker themselves (see check_masker).
+        runner()
+        check_masker(settings)
     except Exception as exc:  # noqa: BLE001
         typer.echo(f"pediface worker: cannot start: {exc}", err=True)
         raise typer.Exit(2) from exc

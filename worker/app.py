@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 
 from pediface.broker import PROCESS_SERIES, celery_config
 from pediface.errors import RetryableError
@@ -46,6 +47,34 @@ def build_masker(settings: Settings) -> FaceMasker:
     deface = settings.deface
     model_dir = deface.model_dir or MODELS_ROOT / SHIPPED_MODELS[deface.masker.value]
     return load_masker(deface.masker.value, model_dir, margin_mm=deface.margin_mm, threads=deface.threads)
+
+
+def check_masker(settings: Settings) -> None:
+    """Check the configured model folder without loading it (raises ``ValueError``).
+
+    The worker's main process calls this at start; each pool process then builds its own masker
+    (:func:`_build_in_pool_process`). torch must not run in a process that later forks: its
+    OpenMP thread pool does not survive a fork, and the forked child hangs on its first prediction.
+    """
+    deface = settings.deface
+    model_dir = deface.model_dir or MODELS_ROOT / SHIPPED_MODELS[deface.masker.value]
+    if deface.masker.value == "nnunet":
+        from worker.deface.nnunet import verify_nnunet_dir
+
+        verify_nnunet_dir(Path(model_dir), 0, "checkpoint_final.pth")
+    else:
+        build_masker(settings)  # no torch: cheap, and checks more than the checksums
+
+
+@worker_process_init.connect
+def _build_in_pool_process(**_: object) -> None:
+    """Build the masker in each pool process as it starts, not on its first series."""
+    if _settings is None:
+        return
+    try:
+        runner().masker  # noqa: B018
+    except Exception as exc:  # noqa: BLE001 - the job that needs it will quarantine with the reason
+        log.error("masker_build_failed", error=str(exc))
 
 
 def runner() -> JobRunner:
