@@ -202,14 +202,18 @@ class RoutingSettings(_Section):
 
 
 class MaskerKind(StrEnum):
+    nnunet = "nnunet"  # the project's nnU-Net face-and-ear model, trained on synthetic heads (its model card)
     template = "template"  # pydeface's template registered to the head (adult template, no ears)
-    nnunet = "nnunet"  # the project's nnU-Net model, trained on synthetic heads (see its model card)
 
 
 class DefaceSettings(_Section):
     """How the face mask is computed and applied."""
 
-    masker: MaskerKind = Field(MaskerKind.template, description="Face masker implementation.")
+    masker: MaskerKind = Field(
+        MaskerKind.nnunet,
+        description="Face masker: 'nnunet' (face and ears, models/nnunet-face) or 'template' (pydeface's template "
+        "registered to the head; face only).",
+    )
     model_dir: Path | None = Field(
         None, description="Model folder. Empty: the one shipped in models/ for the chosen masker."
     )

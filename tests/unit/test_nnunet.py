@@ -181,3 +181,27 @@ def test_generator_keeps_labels_on_the_anatomy() -> None:
         assert (out == 1).sum() > 100 and (out == 0).sum() > 100
         assert image[out == 1].mean() > 2 * image[out == 0].mean(), params
     assert len(orientations) > 1, "no reoriented sample drawn"
+
+
+def test_ears_are_found_on_both_sides_of_the_head(head: tuple[Volume, FaceMask]) -> None:
+    """Both ears labelled, one on each side of the head and behind the face (LPS: x left, y back)."""
+    volume, mask = head
+    ears = np.argwhere(mask.labels == FaceLabel.EARS)
+    face = np.argwhere(mask.labels == FaceLabel.FACE)
+    assert len(ears) > 0, "no ear labelled"
+    points = physical_points(volume, ears)
+    centre = physical_points(volume, np.argwhere(head_foreground(volume))).mean(axis=0)
+    left, right = points[points[:, 0] > centre[0]], points[points[:, 0] < centre[0]]
+    assert len(left) and len(right), "an ear is missing"
+    assert left[:, 0].mean() - centre[0] > 50 and centre[0] - right[:, 0].mean() > 50, "ears not at the sides"
+    assert points[:, 1].mean() > physical_points(volume, face)[:, 1].mean() + 40, "ears not behind the face"
+
+
+def test_negative_training_cases_are_brains_without_labels() -> None:
+    """The skull-stripped negatives keep only the atlas-brain classes (5-8) and no label at all."""
+    from worker.deface.training.train import skull_stripped
+
+    tissue = np.arange(9, dtype=np.uint8).repeat(4).reshape(6, 6)
+    stripped = skull_stripped(tissue)
+    assert set(np.unique(stripped[tissue >= 5])) == {5, 6, 7, 8}
+    assert not stripped[tissue < 5].any() and stripped.dtype == tissue.dtype

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from pediface.errors import MaskingError
 from worker.deface.base import dilate_mm, verify_model_dir
 from worker.deface.template import _intensity_window, _normalised, _otsu
+from worker.qc import head_threshold
 from worker.types import FaceLabel, FaceMask, Volume
 
 MIRROR_AXES = (2,)
@@ -72,6 +73,9 @@ The auricle is a flap sticking out into the air; the temporal lobe lies a centim
 under the scalp beside it (less in infants). Without this limit the dilated ear label of a
 4 mm model reached the registered atlas brain on three of three heads (240 to 27,624 voxels).
 """
+
+SHELL_GRID_MM = 2.0
+"""Spacing of the grid on which the dilated ears are finally cut to :data:`EAR_SHELL_MM`."""
 
 MIN_COMPONENT_ML = 1.0
 """Predicted specks smaller than this (not the largest piece of their label) are dropped.
@@ -200,13 +204,22 @@ class NnUNetMasker:
         normalised = _normalised(small, low, high)
         head = sitk.GetArrayFromImage(normalised) > _otsu(normalised)
         self._check(labels_small, head, details)
-        shell = outer_shell(head, self.spacing_mm)
+        shell = outer_shell(head, self.spacing_mm, fov=self._field_of_view(image, small))
         labels_small[(labels_small == FaceLabel.EARS) & ~shell] = FaceLabel.BACKGROUND
 
         on_grid = self._on_volume_grid(labels_small, small, image)
         face = self._dilated(on_grid == FaceLabel.FACE, image.GetSpacing())
         shell_on_grid = self._on_volume_grid(shell.astype(np.uint8), small, image) > 0
         ears = self._dilated(on_grid == FaceLabel.EARS, image.GetSpacing()) & shell_on_grid & ~face
+        if ears.any():
+            # The 4 mm shell is too coarse to stop the dilated ears short of the brain: cut them to
+            # the same depth on a finer grid, carried back to the volume's grid.
+            # The skin threshold of the QC renders (below Otsu's): dim skin far from the coil is
+            # head, so depths count from the real surface.
+            fine = self._to_model_grid(image, SHELL_GRID_MM)
+            fine_head = sitk.GetArrayFromImage(fine) > head_threshold(array)
+            fine_shell = outer_shell(fine_head, SHELL_GRID_MM, fov=self._field_of_view(image, fine))
+            ears &= self._on_volume_grid(fine_shell.astype(np.uint8), fine, image) > 0
         if not face.any():
             raise MaskingError("the predicted face does not overlap the volume's grid", code="mask.empty")
         out = face.astype(np.uint8) * np.uint8(FaceLabel.FACE) + ears.astype(np.uint8) * np.uint8(
@@ -223,6 +236,12 @@ class NnUNetMasker:
         label_image.CopyInformation(small)
         return sitk.GetArrayFromImage(self._resample(label_image, image, sitk.sitkNearestNeighbor))
 
+    def _field_of_view(self, image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+        """Which voxels of ``grid`` lie inside the imaged volume."""
+        ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(image)
+        return sitk.GetArrayFromImage(self._resample(ones, grid, sitk.sitkNearestNeighbor)) > 0
+
     def _filter(self, image_filter: Any) -> Any:
         if self.threads is not None:
             image_filter.SetNumberOfThreads(self.threads)
@@ -237,10 +256,11 @@ class NnUNetMasker:
         resampler.SetOutputPixelType(image.GetPixelID())
         return resampler.Execute(image)
 
-    def _to_model_grid(self, image: sitk.Image) -> sitk.Image:
-        """Bin (block average: anti-aliased and fast) towards the model spacing, then resample onto an
-        identity-direction (LPS) grid at that spacing covering the volume."""
-        factors = [max(1, int(self.spacing_mm / s)) for s in image.GetSpacing()]
+    def _to_model_grid(self, image: sitk.Image, spacing_mm: float | None = None) -> sitk.Image:
+        """Bin (block average: anti-aliased and fast) towards the model spacing (or ``spacing_mm``), then
+        resample onto an identity-direction (LPS) grid at that spacing covering the volume."""
+        spacing_mm = spacing_mm or self.spacing_mm
+        factors = [max(1, int(spacing_mm / s)) for s in image.GetSpacing()]
         shrink = self._filter(sitk.BinShrinkImageFilter())
         shrink.SetShrinkFactors(factors)
         binned = shrink.Execute(image)
@@ -252,9 +272,9 @@ class NnUNetMasker:
             ]
         )
         low, high = corners.min(axis=0), corners.max(axis=0)
-        grid_size = [int(n) for n in np.ceil((high - low) / self.spacing_mm).astype(int) + 1]
+        grid_size = [int(n) for n in np.ceil((high - low) / spacing_mm).astype(int) + 1]
         reference = sitk.Image(grid_size, sitk.sitkFloat32)
-        reference.SetSpacing([self.spacing_mm] * 3)
+        reference.SetSpacing([spacing_mm] * 3)
         reference.SetOrigin([float(v) for v in low])
         # Outside the volume is "no data": fill it with the volume's background level.
         background = float(np.percentile(sitk.GetArrayViewFromImage(binned), 1.0))
@@ -340,20 +360,26 @@ class NnUNetMasker:
         return dilate_mm(region, spacing_xyz, self.margin_mm, self.threads)
 
 
-def outer_shell(head: np.ndarray, spacing_mm: float, shell_mm: float = EAR_SHELL_MM) -> np.ndarray:
-    """The air connected to the grid's border, and the head voxels within ``shell_mm`` of it.
+def outer_shell(
+    head: np.ndarray, spacing_mm: float, shell_mm: float = EAR_SHELL_MM, fov: np.ndarray | None = None
+) -> np.ndarray:
+    """The air outside the head, and the head voxels within ``shell_mm`` of it.
 
-    Dark tissue inside the head (bone, CSF) is not air: only below-threshold regions that touch
-    the border of the grid count, so the brain under a dark skull stays deep.
+    Air is below-threshold space connected to the edge of what was imaged (the grid's border, or
+    ``fov``'s edge when the grid reaches beyond the volume). Dark tissue inside the head (bone,
+    CSF) is not air, so the brain under a dark skull stays deep; and beyond the field of view is
+    not air either, so a head cut by the field of view (ears outside it) is not skin at the cut.
     """
     from scipy import ndimage as ndi
 
-    components, _ = ndi.label(~head)
-    border = np.zeros_like(head, dtype=bool)
+    known = np.ones_like(head, dtype=bool) if fov is None else fov.astype(bool)
+    components, _ = ndi.label(~head & known)
+    edge = np.zeros_like(head, dtype=bool)
     for axis in range(head.ndim):
         for index in (0, -1):
-            border[(slice(None),) * axis + (index,)] = True
-    outside_labels = np.unique(components[border & ~head])
-    outside = np.isin(components, outside_labels[outside_labels > 0])
+            edge[(slice(None),) * axis + (index,)] = True
+    edge |= ndi.binary_dilation(~known)
+    outside_labels = np.unique(components[edge & (components > 0)])
+    outside = np.isin(components, outside_labels)
     depth = ndi.distance_transform_edt(~outside) * spacing_mm
-    return outside | (depth <= shell_mm)
+    return (outside | (depth <= shell_mm)) & known
