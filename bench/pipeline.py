@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     med = {name: statistics.median(values) for name, values in steps.items()}
     total = med["read"] + med["deface_series"] + med["qc"] + med["write"]
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    text = f"""## Pipeline on the UIH series (160 x 512 x 460, template masker, one process)
+    text = f"""## Pipeline on the UIH series (160 x 512 x 460, {masker.name} masker (the default), one process)
 
 | step | seconds |
 |---|---|
 | read 160 files (pydicom) | {med['read']:.2f} |
 | deface_series: volume, mask, write-back, de-identification | {med['deface_series']:.2f} |
-| of which the face mask (registration and resampling) | {med['mask_only']:.2f} |
+| of which the face mask (masker.predict) | {med['mask_only']:.2f} |
 | QC picture | {med['qc']:.2f} |
 | write 160 output files | {med['write']:.2f} |
 | **total per series** | **{total:.2f}** |
