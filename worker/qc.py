@@ -46,7 +46,7 @@ class _LpsGrid:
     spacing_mm: float
 
 
-def _lps_reference(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+def lps_reference(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """An empty identity-direction image covering the physical extent of ``image``."""
     size = np.asarray(image.GetSize())
     corners = np.array(
@@ -203,7 +203,7 @@ def render_front(volume: Volume, *, threshold: float | None = None, spacing_mm: 
         columns = patient right to left), 0 where no surface is hit.
     """
     image = volume.to_sitk()
-    grid = _to_lps(image, _lps_reference(image, spacing_mm))
+    grid = _to_lps(image, lps_reference(image, spacing_mm))
     if threshold is None:
         threshold = head_threshold(grid.array)
     hit, depth = _front_depth(_smoothed(grid), threshold)
@@ -278,7 +278,7 @@ def render_before_after(
     if mask is not None and mask.labels.shape != before.shape:
         raise ValueError(f"mask shape {mask.labels.shape} does not match the before volume {before.shape}")
     before_image = before.to_sitk()
-    reference = _lps_reference(before_image, 1.0)
+    reference = lps_reference(before_image, 1.0)
     before_grid = _to_lps(before_image, reference)
     after_grid = _to_lps(after.to_sitk(), reference)
     labels_grid = None

@@ -183,11 +183,11 @@ def lps_array(
 
     ``reference`` (from :func:`lps_reference`) puts a second volume on the same grid.
     """
-    from worker.qc import _lps_reference
+    from worker.qc import lps_reference as lps_grid
 
     image = volume.to_sitk(np.float32)
     if reference is None:
-        reference = _lps_reference(image, spacing_mm)
+        reference = lps_grid(image, spacing_mm)
     background = float(np.min(volume.array))
     resampled = sitk.Resample(
         image, reference, sitk.Transform(), sitk.sitkLinear, background, sitk.sitkFloat32
@@ -197,9 +197,9 @@ def lps_array(
 
 def lps_reference(volume: Volume, spacing_mm: float = RENDER_MM) -> sitk.Image:
     """The LPS-aligned grid :func:`lps_array` resamples ``volume`` onto."""
-    from worker.qc import _lps_reference
+    from worker.qc import lps_reference as lps_grid
 
-    return _lps_reference(volume.to_sitk(np.float32), spacing_mm)
+    return lps_grid(volume.to_sitk(np.float32), spacing_mm)
 
 
 def surface_threshold(array: np.ndarray) -> float:

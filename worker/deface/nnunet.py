@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from pediface.errors import MaskingError
 from worker.deface.base import dilate_mm, verify_model_dir
 from worker.deface.template import _intensity_window, _normalised, _otsu
-from worker.qc import head_threshold
+from worker.qc import head_threshold, lps_reference
 from worker.types import FaceLabel, FaceMask, Volume
 
 MIRROR_AXES = (2,)
@@ -264,18 +264,7 @@ class NnUNetMasker:
         shrink = self._filter(sitk.BinShrinkImageFilter())
         shrink.SetShrinkFactors(factors)
         binned = shrink.Execute(image)
-        size = np.asarray(image.GetSize())
-        corners = np.array(
-            [
-                image.TransformContinuousIndexToPhysicalPoint([float(c) for c in (size - 1) * np.array(bits)])
-                for bits in np.ndindex(2, 2, 2)
-            ]
-        )
-        low, high = corners.min(axis=0), corners.max(axis=0)
-        grid_size = [int(n) for n in np.ceil((high - low) / spacing_mm).astype(int) + 1]
-        reference = sitk.Image(grid_size, sitk.sitkFloat32)
-        reference.SetSpacing([spacing_mm] * 3)
-        reference.SetOrigin([float(v) for v in low])
+        reference = lps_reference(image, spacing_mm)
         # Outside the volume is "no data": fill it with the volume's background level.
         background = float(np.percentile(sitk.GetArrayViewFromImage(binned), 1.0))
         resampler = self._filter(sitk.ResampleImageFilter())
