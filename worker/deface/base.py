@@ -12,11 +12,15 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
+from pediface.errors import MaskingError
 from worker.types import FaceMask, Volume
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 
 @runtime_checkable
@@ -158,3 +162,13 @@ def dilate_mm(
     grown = region.copy()
     grown[tuple(box)] = sitk.GetArrayViewFromImage(distance) <= margin_mm
     return grown
+
+
+def checked_image(volume: Volume) -> sitk.Image:
+    """``volume`` as a float32 SimpleITK image, refused (:class:`MaskingError`) unless a real 3D image."""
+    array = volume.array
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise MaskingError(f"volume has non-real voxel type {array.dtype}", code="mask.input")
+    if min(volume.shape) < 2:
+        raise MaskingError(f"volume of shape {volume.shape} is not a 3D head", code="mask.input")
+    return volume.to_sitk(np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import MaskingError
-from worker.deface.base import dilate_mm, verify_model_dir
+from worker.deface.base import checked_image, dilate_mm, verify_model_dir
 from worker.deface.template import _intensity_window, _normalised, _otsu
 from worker.qc import head_threshold, lps_reference
 from worker.types import FaceLabel, FaceMask, Volume
@@ -183,11 +183,7 @@ class NnUNetMasker:
         """
         started = time.perf_counter()
         array = volume.array
-        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-            raise MaskingError(f"volume has non-real voxel type {array.dtype}", code="mask.input")
-        if min(volume.shape) < 2:
-            raise MaskingError(f"volume of shape {volume.shape} is not a 3D head", code="mask.input")
-        image = volume.to_sitk(np.float32)
+        image = checked_image(volume)
         small = self._to_model_grid(image)
         small_array = sitk.GetArrayFromImage(small)
         low, high = _intensity_window(small_array)

@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pediface.errors import MaskingError
-from worker.deface.base import dilate_mm, verify_model_dir
+from worker.deface.base import checked_image, dilate_mm, verify_model_dir
 from worker.types import FaceLabel, FaceMask, Volume
 
 HEAD_FILE = "pydeface_mean_reg2mean.nii.gz"
@@ -174,11 +174,7 @@ class TemplateMasker:
         """
         started = time.perf_counter()
         array = volume.array
-        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
-            raise MaskingError(f"volume has non-real voxel type {array.dtype}", code="mask.input")
-        if min(volume.shape) < 2:
-            raise MaskingError(f"volume of shape {volume.shape} is not a 3D head", code="mask.input")
-        image = volume.to_sitk(np.float32)
+        image = checked_image(volume)
         fixed_raw = self._binned(image)
         low, high = _intensity_window(sitk.GetArrayViewFromImage(fixed_raw))
         fixed = _normalised(fixed_raw, low, high)
