@@ -27,7 +27,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from tests.unit.test_deid_canary import dciodvfy_errors
-from tests.unit.test_deid_real import DICOM, SERIES, _identifying_and_kept, _private_tags
+from tests.unit.test_deid_real import DICOM, SERIES, _private_tags, leaked_values
 from worker.deid import DeidOption, DeidPolicy, deidentify, remap_uid
 from worker.deid.actions import Action, option_action
 from worker.deid.canary import TEXT_PREFIX, UID_ROOT, build_cleaned_items
@@ -550,17 +550,7 @@ def test_real_series_leave_no_canary_and_no_identifying_value(run: Run) -> None:
         assert methods == ["113100", "113104", "113103"]
         assert TEXT_PREFIX not in data and UID_ROOT.encode() not in data
         assert not _private_tags(reread)
-        identifying, kept = _identifying_and_kept(original)
-        header = Dataset()
-        for elem in out:
-            if elem.tag.group != 0x7FE0:
-                header.add(elem)
-        buffer = io.BytesIO()
-        header.save_as(buffer, implicit_vr=False, little_endian=True)
-        text = buffer.getvalue()
-        leaked = sorted(
-            value for value in identifying if value.encode() in text and value.encode() not in kept
-        )
+        leaked = leaked_values(original, out)
         assert not leaked, f"{run.folder.name}: {len(leaked)} identifying values survived"
     cleaned = run.outputs[0]
     assert cleaned.ContentSequence[0].TextValue == "ANONYMOUS"

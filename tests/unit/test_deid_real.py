@@ -126,19 +126,22 @@ def _identifying_and_kept(ds: Dataset) -> tuple[set[str], bytes]:
     return identifying, "\x00".join(kept).encode()
 
 
+def leaked_values(original: Dataset, out: Dataset) -> list[str]:
+    """Identifying values of ``original`` found in ``out``'s header bytes that no kept value explains."""
+    identifying, kept = _identifying_and_kept(original)
+    header = Dataset()
+    for elem in out:
+        if elem.tag.group != 0x7FE0:
+            header.add(elem)
+    buffer = io.BytesIO()
+    header.save_as(buffer, implicit_vr=False, little_endian=True)
+    text = buffer.getvalue()
+    return sorted(value for value in identifying if value.encode() in text and value.encode() not in kept)
+
+
 def test_no_identifying_value_survives(run: Run) -> None:
     for original, out in zip(run.inputs, run.outputs, strict=True):
-        identifying, kept = _identifying_and_kept(original)
-        header = Dataset()
-        for elem in out:
-            if elem.tag.group != 0x7FE0:
-                header.add(elem)
-        buffer = io.BytesIO()
-        header.save_as(buffer, implicit_vr=False, little_endian=True)
-        text = buffer.getvalue()
-        leaked = sorted(
-            value for value in identifying if value.encode() in text and value.encode() not in kept
-        )
+        leaked = leaked_values(original, out)
         assert not leaked, f"{run.folder.name}: {len(leaked)} identifying values survived"
 
 
