@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from pynetdicom.events import Event
 
+from common.logs import get_logger
+from config.sections import PeerSettings
 from gateway.status import ASSOCIATIONS
-from pediface.logs import get_logger
-from pediface.settings import PeerSettings
 
 log = get_logger("pediface.gateway.access")
 

@@ -29,7 +29,6 @@ import binascii
 import hashlib
 import hmac
 import html
-import ipaddress
 import secrets
 import statistics
 import threading
@@ -37,13 +36,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from string import Template
 from urllib.parse import parse_qs, urlsplit
 
-from pediface.logs import get_logger
-from pediface.settings import ConsoleSettings, Settings
-from pediface.spool import JobState, Spool
-from pediface.status_report import (
+from common.logs import get_logger
+from config.settings import Settings
+from gateway.console_assets import CSS, JS, PAGE
+from gateway.console_auth import check_exposure, hash_password, same_origin, verify_password
+from spool.manifest import JobState
+from spool.report import (
     Phase,
     SeriesRow,
     count_by_phase,
@@ -53,6 +53,7 @@ from pediface.status_report import (
     row_of,
     snapshot,
 )
+from spool.store import Spool
 
 log = get_logger("pediface.gateway.console")
 
@@ -67,110 +68,11 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
 MAX_BODY_BYTES = 16 * 1024
+
 MAX_ROWS = 500
 
-_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
-_PBKDF2_ITERATIONS = 600_000
-
-
-class ConsoleConfigError(ValueError):
-    """The console's settings would expose it unsafely."""
-
-
-# -- passwords ---------------------------------------------------------------------------------
-
-
-def hash_password(password: str, method: str = "scrypt") -> str:
-    """A salted hash of ``password`` for ``console.password_hash``.
-
-    ``scrypt$N$r$p$salt$hash`` (default) or ``pbkdf2_sha256$iterations$salt$hash``,
-    salt and hash in base64.
-    """
-    if not password:
-        raise ValueError("the password must not be empty")
-    salt = secrets.token_bytes(16)
-    b64 = lambda raw: base64.b64encode(raw).decode("ascii")  # noqa: E731
-    if method == "scrypt":
-        n, r, p = _SCRYPT["n"], _SCRYPT["r"], _SCRYPT["p"]
-        digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=32)
-        return f"scrypt${n}${r}${p}${b64(salt)}${b64(digest)}"
-    if method == "pbkdf2_sha256":
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, _PBKDF2_ITERATIONS)
-        return f"pbkdf2_sha256${_PBKDF2_ITERATIONS}${b64(salt)}${b64(digest)}"
-    raise ValueError(f"unknown password hash method {method!r} (scrypt, pbkdf2_sha256)")
-
-
-def check_hash_format(encoded: str) -> None:
-    """Raise :class:`ConsoleConfigError` unless ``encoded`` is a hash :func:`verify_password` reads."""
-    parts = encoded.split("$")
-    try:
-        if parts[0] == "scrypt" and len(parts) == 6:
-            n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-            if n < 2**10 or n > 2**20 or n & (n - 1) or not 1 <= r <= 32 or not 1 <= p <= 16:
-                raise ValueError("scrypt parameters out of range")
-            salt, digest = _b64(parts[4]), _b64(parts[5])
-        elif parts[0] == "pbkdf2_sha256" and len(parts) == 4:
-            if not 100_000 <= int(parts[1]) <= 10_000_000:
-                raise ValueError("pbkdf2 iterations out of range (100000 to 10000000)")
-            salt, digest = _b64(parts[2]), _b64(parts[3])
-        else:
-            raise ValueError("expected scrypt$N$r$p$salt$hash or pbkdf2_sha256$iterations$salt$hash")
-        if len(salt) < 8 or len(digest) < 16:
-            raise ValueError("salt or hash too short")
-    except (ValueError, binascii.Error) as exc:
-        raise ConsoleConfigError(
-            f"console.password_hash is not a password hash ({exc}); make one with "
-            "`python -m gateway.console hash-password`"
-        ) from exc
-
-
-def _b64(text: str) -> bytes:
-    return base64.b64decode(text, validate=True)
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Does ``password`` match the hash? ``False`` for a malformed hash, never an exception."""
-    try:
-        check_hash_format(encoded)
-    except ConsoleConfigError:
-        return False
-    parts = encoded.split("$")
-    secret = password.encode("utf-8")
-    if parts[0] == "scrypt":
-        n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
-        salt, expected = base64.b64decode(parts[4]), base64.b64decode(parts[5])
-        actual = hashlib.scrypt(
-            secret, salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=256 * n * r * p + (1 << 20)
-        )
-    else:
-        salt, expected = base64.b64decode(parts[2]), base64.b64decode(parts[3])
-        actual = hashlib.pbkdf2_hmac("sha256", secret, salt, int(parts[1]), dklen=len(expected))
-    return hmac.compare_digest(actual, expected)
-
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or the name localhost; anything else (0.0.0.0, ::, names) is exposed."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(host: str, console: ConsoleSettings) -> None:
-    """Refuse a console reachable from other machines without a login."""
-    if console.password_hash is not None:
-        check_hash_format(console.password_hash.get_secret_value())
-    if not is_loopback(host) and (console.username is None or console.password_hash is None):
-        raise ConsoleConfigError(
-            f"the web console would listen on {host} (metrics.host) without a login: set console.username "
-            "and console.password_hash (python -m gateway.console hash-password), or console.enabled: false"
-        )
-
-
-# -- responses ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -183,87 +85,6 @@ class Response:
 
 def _e(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-_PAGE = Template(
-    """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>$title · pediface</title>
-<link rel="stylesheet" href="/console/console.css">
-<script src="/console/console.js" defer></script>
-</head>
-<body$body_attrs>
-<header>
-  <a class="brand" href="/console/">pediface</a>
-  <span class="sub">gateway console</span>
-  <span class="who">$who</span>
-</header>
-<main>
-$content
-</main>
-<footer>Pseudonymous identifiers only: job ids, series keys and output series UIDs.$footer</footer>
-</body>
-</html>
-"""
-)
-
-_CSS = b"""
-:root { --fg:#1d2430; --muted:#5b6575; --line:#d9dee6; --bg:#f6f7f9; --card:#fff; --accent:#1f5fbf; }
-* { box-sizing: border-box; }
-body { margin:0; font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg);
-       background:var(--bg); }
-header { display:flex; gap:1rem; align-items:baseline; padding:.7rem 1.2rem; background:#17233a; color:#fff; }
-header a.brand { color:#fff; font-weight:700; font-size:1.15rem; text-decoration:none; }
-header .sub { color:#b8c4d8; } header .who { margin-left:auto; color:#b8c4d8; }
-main { padding:1rem 1.2rem; max-width:1400px; }
-footer { padding:1rem 1.2rem; color:var(--muted); font-size:12px; }
-h1 { font-size:1.3rem; margin:.2rem 0 .8rem; } h2 { font-size:1.05rem; margin:1.4rem 0 .5rem; }
-a { color:var(--accent); }
-.cards { display:flex; flex-wrap:wrap; gap:.6rem; margin-bottom:1rem; }
-.card { background:var(--card); border:1px solid var(--line); border-radius:6px; padding:.5rem .9rem;
-        min-width:8.5rem; text-decoration:none; color:var(--fg); }
-.card .n { font-size:1.4rem; font-weight:700; display:block; } .card .l { color:var(--muted); }
-.card.active { border-color:var(--accent); box-shadow:0 0 0 2px #1f5fbf33; }
-table { border-collapse:collapse; width:100%; background:var(--card); border:1px solid var(--line); }
-th, td { text-align:left; padding:.35rem .6rem; border-bottom:1px solid var(--line); vertical-align:top; }
-th { background:#eef1f5; font-weight:600; white-space:nowrap; }
-td.num { text-align:right; font-variant-numeric:tabular-nums; }
-code, .mono { font-family:ui-monospace, "DejaVu Sans Mono", monospace; font-size:12.5px; }
-.state { display:inline-block; padding:.05rem .5rem; border-radius:999px; font-size:12px; font-weight:600; }
-.state-receiving { background:#e7f0ff; color:#1f4f99; } .state-queued { background:#fff4d6; color:#7a5a00; }
-.state-processing { background:#e8e3ff; color:#4b2fa6; } .state-sent { background:#e2f6e7; color:#1b6b33; }
-.state-quarantined { background:#fde4e4; color:#9b1c1c; }
-.state-dropped { background:#eceef1; color:#4a5260; }
-dl.facts { display:grid; grid-template-columns:max-content auto; gap:.25rem 1.2rem; background:var(--card);
-           border:1px solid var(--line); padding:.8rem 1rem; border-radius:6px; }
-dl.facts dt { color:var(--muted); } dl.facts dd { margin:0; }
-.reason { background:#fff5f5; border:1px solid #f3c4c4; border-radius:6px; padding:.7rem 1rem; }
-.flash { background:#e2f6e7; border:1px solid #a9dcb7; border-radius:6px; padding:.5rem 1rem;
-         margin-bottom:1rem; }
-.muted { color:var(--muted); }
-button { font:inherit; padding:.35rem 1rem; border-radius:5px; border:1px solid #9b1c1c; background:#b42323;
-         color:#fff; cursor:pointer; }
-img.qc { display:block; background:#000; border:1px solid var(--line); max-width:100%; height:auto; }
-.layout { display:flex; flex-wrap:wrap; gap:1.5rem; } .layout > section { flex:1 1 420px; }
-"""
-
-_JS = b"""'use strict';
-document.addEventListener('DOMContentLoaded', function () {
-  document.querySelectorAll('form[data-confirm]').forEach(function (form) {
-    form.addEventListener('submit', function (event) {
-      if (!window.confirm(form.getAttribute('data-confirm'))) { event.preventDefault(); }
-    });
-  });
-  var seconds = parseInt(document.body.getAttribute('data-refresh') || '0', 10);
-  if (seconds > 0) { window.setTimeout(function () { window.location.reload(); }, seconds * 1000); }
-});
-"""
-
-
-# -- the console -------------------------------------------------------------------------------
 
 
 class Console:
@@ -323,9 +144,9 @@ class Console:
         if path == "/console":
             return Response(308, b"", "text/plain", {"Location": "/console/"})
         if path == "/console/console.css":
-            return Response(200, _CSS, "text/css; charset=utf-8")
+            return Response(200, CSS, "text/css; charset=utf-8")
         if path == "/console/console.js":
-            return Response(200, _JS, "text/javascript; charset=utf-8")
+            return Response(200, JS, "text/javascript; charset=utf-8")
         segments = [s for s in path.split("/") if s]
         if method == "POST":
             if len(segments) == 4 and segments[:2] == ["console", "jobs"] and segments[3] == "retry":
@@ -390,7 +211,7 @@ class Console:
         who = f"signed in as {_e(user)}" if user else "local (no login)"
         footer = " Honest-broker view: calling AE titles shown." if self.config.honest_broker else ""
         footer += " Retry permitted." if self.config.allow_retry else " Read-only."
-        body = _PAGE.substitute(
+        body = PAGE.substitute(
             title=_e(title),
             content=content,
             who=who,
@@ -584,7 +405,7 @@ class Console:
     def _retry(self, job_id: str, headers: Mapping[str, str], body: bytes, user: str) -> Response:
         if not self.config.allow_retry:
             return self._error(403, "Forbidden", "Retry is not permitted here (console.allow_retry is off).")
-        if not _same_origin(headers):
+        if not same_origin(headers):
             return self._error(403, "Forbidden", "Cross-site request refused.")
         token = (parse_qs(body.decode("ascii", "replace")).get("token") or [""])[0]
         if not hmac.compare_digest(token.encode(), self._csrf_token(job_id).encode()):
@@ -608,18 +429,6 @@ class Console:
 def _phase_name(state: JobState) -> str:
     phase = phase_of(state)
     return phase.value if phase is not None else state.value
-
-
-def _same_origin(headers: Mapping[str, str]) -> bool:
-    """Browsers send Origin (and Sec-Fetch-Site) on form POSTs: they must name this very server."""
-    site = headers.get("Sec-Fetch-Site")
-    if site is not None and site not in ("same-origin", "none"):
-        return False
-    origin = headers.get("Origin")
-    if origin is None:
-        return True
-    host = headers.get("Host") or ""
-    return origin in (f"http://{host}", f"https://{host}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from pediface.settings import RoutingRule, RoutingSettings
+from config.sections import RoutingRule, RoutingSettings
 
 
 @dataclass(frozen=True)

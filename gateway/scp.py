@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.events import Event
 
+from common.audit import JsonLines, keyed_hash
+from common.logs import get_logger
+from config.sections import DicomSettings, TlsSettings
 from gateway.access import AccessPolicy
+from gateway.limits import LimitExceeded, Limits, bound_socket, check_encapsulation, check_image_size, inflate
 from gateway.status import INSTANCES
-from pediface.audit import JsonLines, keyed_hash
-from pediface.logs import get_logger
-from pediface.settings import DicomSettings, TlsSettings
-from pediface.spool import Spool, SpoolError, is_valid_uid, series_key, study_key
+from spool.manifest import is_valid_uid, series_key, study_key
+from spool.store import Spool, SpoolError
 
 log = get_logger("pediface.gateway.scp")
 
@@ -87,11 +91,14 @@ def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
-def check_instance(ds: Dataset, transfer_syntax: UID, affected_sop_uid: str | None) -> tuple[str, str, str]:
+def check_instance(
+    ds: Dataset, transfer_syntax: UID, affected_sop_uid: str | None, limits: Limits | None = None
+) -> tuple[str, str, str]:
     """``(study, series, sop)`` UIDs of an instance worth spooling, or :class:`RejectedInstance`.
 
-    Only what the spool and the sealer need is checked here, cheaply; the worker
-    checks everything else and quarantines what it cannot process.
+    Only what the spool and the sealer need is checked here, cheaply, with the size and structure
+    bounds of :mod:`gateway.limits`; the worker checks everything else and quarantines what it
+    cannot process.
     """
     uids = []
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
@@ -109,6 +116,11 @@ def check_instance(ds: Dataset, transfer_syntax: UID, affected_sop_uid: str | No
     if "PixelData" not in ds:
         raise RejectedInstance(DATASET_DOES_NOT_MATCH, "input.no_pixels", "the image has no Pixel Data")
     _check_native_pixel_length(ds, transfer_syntax)
+    try:
+        check_image_size(ds, (limits or Limits()).max_image_pixels)
+        check_encapsulation(ds, transfer_syntax)
+    except LimitExceeded as exceeded:
+        raise RejectedInstance(DATASET_DOES_NOT_MATCH, exceeded.code, exceeded.reason) from exceeded
     return uids[0], uids[1], uids[2]
 
 
@@ -164,7 +176,22 @@ class ReceiptAudit:
             log.error("audit_write_failed", error=str(exc))
 
 
-def handle_store(event: Event, spool: Spool, audit: ReceiptAudit) -> int:
+def decoded_dataset(event: Event, limits: Limits) -> Dataset:
+    """The C-STORE data set; a Deflated one is inflated within ``limits.max_inflated_bytes`` first
+    (pynetdicom's own decoding would inflate it whole, however large)."""
+    transfer_syntax = event.context.transfer_syntax
+    if not transfer_syntax.is_deflated:
+        return event.dataset
+    try:
+        inflated = inflate(event.encoded_dataset(include_meta=False), limits.max_inflated_bytes)
+    except LimitExceeded as exceeded:
+        raise RejectedInstance(DATASET_DOES_NOT_MATCH, exceeded.code, exceeded.reason) from exceeded
+    ds = read_dataset(BytesIO(inflated), is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True)
+    return ds
+
+
+def handle_store(event: Event, spool: Spool, audit: ReceiptAudit, limits: Limits | None = None) -> int:
     """Spool one instance durably, then answer; never raise into pynetdicom."""
     calling_ae = event.assoc.requestor.ae_title
     try:
@@ -176,10 +203,10 @@ def handle_store(event: Event, spool: Spool, audit: ReceiptAudit) -> int:
         return CANNOT_UNDERSTAND
     try:
         try:
-            ds = event.dataset
+            ds = decoded_dataset(event, limits or Limits())
             # Force the lazy parser over the elements we need; a corrupt stream fails here.
             study_uid, series_uid, sop_uid = check_instance(
-                ds, event.context.transfer_syntax, event.request.AffectedSOPInstanceUID
+                ds, event.context.transfer_syntax, event.request.AffectedSOPInstanceUID, limits
             )
         except RejectedInstance:
             raise
@@ -222,9 +249,11 @@ def handle_store(event: Event, spool: Spool, audit: ReceiptAudit) -> int:
     return SUCCESS
 
 
-def handlers(spool: Spool, access: AccessPolicy, audit: ReceiptAudit) -> list:
+def handlers(spool: Spool, access: AccessPolicy, audit: ReceiptAudit, limits: Limits | None = None) -> list:
+    limits = limits or Limits()
     return [
+        (evt.EVT_CONN_OPEN, bound_socket, [limits.network_timeout_s]),
         (evt.EVT_REQUESTED, access.on_requested),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, audit]),
+        (evt.EVT_C_STORE, handle_store, [spool, audit, limits]),
     ]

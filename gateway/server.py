@@ -15,16 +15,20 @@ from datetime import datetime
 import pydicom.config
 from celery import Celery
 
+from common.audit import JsonLines
+from common.files import utcnow
+from common.logs import get_logger
+from config.sections import RoutingSettings
+from config.settings import Settings
 from gateway.access import AccessPolicy
 from gateway.console import Console
+from gateway.limits import Limits
 from gateway.routing import Decision, decide, read_header
 from gateway.scp import ReceiptAudit, build_ae, handlers, tls_context
 from gateway.status import DISPATCHES, REGISTRY, SERIES_SEALED, SpoolCollector, StatusServer, spool_writable
-from pediface.audit import JsonLines
-from pediface.broker import dispatch, make_app, queue_depth
-from pediface.logs import get_logger
-from pediface.settings import RoutingSettings, Settings
-from pediface.spool import JobManifest, JobState, Spool, utcnow
+from spool.broker import broker_jobs, dispatch, make_app, queue_depth
+from spool.manifest import IN_FLIGHT, JobManifest, JobState
+from spool.store import Spool
 
 log = get_logger("pediface.gateway")
 
@@ -41,6 +45,8 @@ class Sealer:
         routing: RoutingSettings | None = None,
         destinations: list[str] | None = None,
         study_quiet_period_s: float = 0.0,
+        known_jobs: Callable[[], set[str] | None] | None = None,
+        reconcile_interval_s: float = 0.0,
     ) -> None:
         self.spool = spool
         self.quiet_period_s = quiet_period_s
@@ -49,6 +55,10 @@ class Sealer:
         self.routing = routing or RoutingSettings()
         self.destinations = destinations or []
         self.study_quiet_period_s = study_quiet_period_s
+        self.known_jobs = known_jobs
+        self.reconcile_interval_s = reconcile_interval_s
+        self._next_reconcile = 0.0
+        self._unknown: set[str] = set()  # in flight, but unknown to the broker at the last reconciliation
 
     def run_once(self) -> list[str]:
         """One pass; returns the ids of the jobs dispatched."""
@@ -75,16 +85,71 @@ class Sealer:
                     )
         dispatched = []
         now = utcnow()
+        forgotten = self._reconcile()
         for manifest in self.spool.manifests(self.spool.jobs):
-            if manifest.state == JobState.sealed and self._dispatch(manifest):
+            if manifest.state == JobState.sealed and self._dispatch_sealed(manifest.job_id):
                 dispatched.append(manifest.job_id)
-            elif manifest.state in (JobState.dispatched, JobState.processing) and self._stale(manifest, now):
+            elif manifest.state in IN_FLIGHT and (manifest.job_id in forgotten or self._stale(manifest, now)):
                 # The broker lost the task (Redis restarted without its data, a worker died
                 # holding it past the visibility timeout): hand it out again; the task is idempotent.
-                log.warning("job_redispatched", job=manifest.job_id, state=manifest.state.value)
-                if self._dispatch(manifest):
+                why = "unknown to the broker" if manifest.job_id in forgotten else "stale"
+                if self._redispatch(manifest.job_id, why):
                     dispatched.append(manifest.job_id)
         return dispatched
+
+    def _redispatch(self, job_id: str, why: str) -> bool:
+        """Send a lost job's task again, recording it first, under the job's lock, on a fresh read.
+
+        The manifest of this pass may be stale by now: a worker may have taken the job up or finished
+        it. Under the lock no worker can be on it; the job is written ``dispatched`` only if it is still
+        in flight, and the task goes out after the lock is released, so that a worker taking it at once
+        finds the job free (a send that fails leaves the job to the next reconciliation).
+        """
+        with self.spool.claim(job_id) as free:
+            if not free:
+                return False
+            try:
+                manifest = self.spool.load(job_id)
+            except FileNotFoundError:
+                return False
+            if manifest.state not in IN_FLIGHT or not (self.spool.jobs / job_id).is_dir():
+                return False
+            log.warning("job_redispatched", job=job_id, state=manifest.state.value, why=why)
+            self.spool.save(manifest.to(JobState.dispatched, f"dispatched again: {why}"))
+        try:
+            self.send(job_id)
+        except Exception as exc:  # noqa: BLE001 - broker down: the next reconciliation finds it again
+            DISPATCHES.labels("failed").inc()
+            log.error("dispatch_failed", job=job_id, error=str(exc))
+            return False
+        DISPATCHES.labels("ok").inc()
+        log.info("job_dispatched", job=job_id)
+        return True
+
+    def _reconcile(self) -> set[str]:
+        """Jobs in flight that the broker has forgotten, checked every ``reconcile_interval_s``.
+
+        The spool is the source of truth: a job the spool has handed to the broker must be in the
+        broker's queue or held, unacknowledged, by a worker. A job that is in neither at two
+        reconciliations in a row (so not one caught between the broker and a worker) and whose lock
+        no worker holds was lost with the broker's data: it is dispatched again.
+        """
+        due = self.known_jobs is not None and self.reconcile_interval_s > 0
+        if not due or time.monotonic() < self._next_reconcile:
+            return set()
+        self._next_reconcile = time.monotonic() + self.reconcile_interval_s
+        known = self.known_jobs() if self.known_jobs is not None else None
+        if known is None:  # the broker cannot say (down, or the folder broker): the stale rule applies
+            return set()
+        in_flight = {m.job_id for m in self.spool.manifests(self.spool.jobs) if m.state in IN_FLIGHT}
+        unknown = in_flight - known
+        forgotten = set()
+        for job_id in unknown & self._unknown:
+            with self.spool.claim(job_id) as free:
+                if free:
+                    forgotten.add(job_id)
+        self._unknown = unknown - forgotten
+        return forgotten
 
     def _route(self, manifest: JobManifest) -> None:
         """Record the destinations of the series, or drop it here (it is then never dispatched)."""
@@ -123,9 +188,18 @@ class Sealer:
         it, so in-flight jobs are dispatched again too (the task is idempotent).
         """
         for manifest in self.spool.manifests(self.spool.jobs):
-            if manifest.state in (JobState.dispatched, JobState.processing) and redispatch_inflight:
+            if manifest.state in IN_FLIGHT and redispatch_inflight:
                 log.warning("job_redispatched", job=manifest.job_id, state=manifest.state.value)
                 self._dispatch(manifest)
+
+    def _dispatch_sealed(self, job_id: str) -> bool:
+        """Dispatch a sealed job unless another gateway on the same spool has just done so."""
+        with self.spool.exclusive("dispatch"):
+            try:
+                manifest = self.spool.load(job_id)
+            except FileNotFoundError:
+                return False
+            return manifest.state == JobState.sealed and self._dispatch(manifest)
 
     def _dispatch(self, manifest: JobManifest) -> bool:
         try:
@@ -135,9 +209,25 @@ class Sealer:
             log.error("dispatch_failed", job=manifest.job_id, error=str(exc))
             return False
         DISPATCHES.labels("ok").inc()
-        self.spool.save(manifest.to(JobState.dispatched))
+        self._record_dispatched(manifest.job_id)
         log.info("job_dispatched", job=manifest.job_id)
         return True
+
+    def _record_dispatched(self, job_id: str) -> None:
+        """Write ``dispatched`` once the broker has the task, under the job's lock, on a fresh read.
+
+        A worker may take the task before this runs, and write its own states or finish the job;
+        the record is then the worker's to make (``worker.jobs``), and nothing is written over it.
+        """
+        with self.spool.claim(job_id) as free:
+            if not free:
+                return
+            try:
+                manifest = self.spool.load(job_id)
+            except FileNotFoundError:
+                return
+            if manifest.state == JobState.sealed and (self.spool.jobs / job_id).is_dir():
+                self.spool.save(manifest.to(JobState.dispatched))
 
 
 class Gateway:
@@ -156,6 +246,8 @@ class Gateway:
             routing=settings.routing,
             destinations=[d.name for d in settings.all_destinations],
             study_quiet_period_s=settings.series.study_quiet_period_s,
+            known_jobs=lambda: broker_jobs(settings),
+            reconcile_interval_s=settings.broker.reconcile_interval_s,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,6 +279,7 @@ class Gateway:
             self.spool,
             AccessPolicy(dicom.peers),
             ReceiptAudit(JsonLines(self.settings.audit_file), self.settings.deid_key()),
+            Limits(dicom.max_inflated_bytes, dicom.max_image_pixels, dicom.network_timeout_s),
         )
         ssl_context = tls_context(dicom.tls) if dicom.tls else None
         ae = build_ae(dicom)

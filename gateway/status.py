@@ -20,9 +20,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from common.logs import get_logger
 from gateway.console import MAX_BODY_BYTES, Console
-from pediface.logs import get_logger
-from pediface.spool import JobManifest, JobState, Spool
+from spool.manifest import JobManifest, JobState
+from spool.store import Spool
 
 log = get_logger("pediface.gateway.status")
 

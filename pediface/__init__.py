@@ -1,8 +1,9 @@
 """pediface: a DICOM gateway that defaces head MRI and de-identifies headers for research sharing.
 
-The ``pediface`` package holds what both sides share (settings, spool layout,
-errors, logging, the CLI); ``gateway`` is the network edge and ``worker`` the
-Celery app and the pipeline. ``gateway`` never imports ``worker``.
+This package is the top of the house: the ``pediface`` command (:mod:`pediface.cli`) and the demo.
+It imports every other layer and nothing imports it (docs/architecture.md).
 """
 
-__version__ = "0.1.0"
+from common.version import __version__
+
+__all__ = ["__version__"]

@@ -17,10 +17,11 @@ from typing import Annotated
 
 import typer
 
-from pediface import __version__
-from pediface.logs import configure as configure_logging
-from pediface.logs import get_logger
-from pediface.settings import Settings, load_settings
+from common.logs import get_logger
+from common.version import __version__
+from config.settings import Settings
+from pediface import cli_check, cli_offline
+from pediface.cli_common import ConfigOption, load, need_worker_extra
 
 app = typer.Typer(
     name="pediface",
@@ -44,22 +45,13 @@ quarantine_app = typer.Typer(
 )
 app.add_typer(quarantine_app, name="quarantine")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="YAML settings file (default: $PEDIFACE_CONFIG, else built-in defaults)."
-    ),
-]
+app.command()(cli_offline.deface)
+app.command()(cli_check.check)
+app.add_typer(cli_offline.model_app, name="model")
 
 
 def _settings(config: Path | None) -> Settings:
-    try:
-        settings = load_settings(config)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError: show it, no traceback
-        typer.echo(f"pediface: invalid settings: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
+    return load(config)
 
 
 def _version(value: bool) -> None:
@@ -103,8 +95,14 @@ def worker(config: ConfigOption = None) -> None:
     is delivered or quarantined, so a worker that dies hands its series to another. With broker.url set
     (redis://...) start as many workers on as many machines as needed; they must share data_dir.
     """
+    need_worker_extra("worker")
     settings = _settings(config)
-    from worker.app import check_masker, configure, runner
+    from worker.app import configure, runner
+    from worker.deface import check_masker
+
+    if settings.worker.nice:
+        # Before the pool forks: every process that defaces yields the CPU to the gateway.
+        os.nice(settings.worker.nice)
 
     celery_app = configure(settings)
     try:
@@ -112,6 +110,10 @@ def worker(config: ConfigOption = None) -> None:
         # The pool processes build the masker themselves (see check_masker).
         runner()
         check_masker(settings)
+        if settings.deface.face_check == "on":
+            from worker.facecheck import verify_weights
+
+            verify_weights()  # the face check's detector: shipped, checksummed
     except Exception as exc:  # noqa: BLE001
         typer.echo(f"pediface worker: cannot start: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -135,6 +137,7 @@ def run(config: ConfigOption = None) -> None:
     With no broker.url this needs no Redis: the broker is a folder under data_dir. The worker runs as a
     child process, so the gateway stays light and a crashing series cannot take the SCP down.
     """
+    need_worker_extra("run")
     from gateway.server import Gateway
 
     settings = _settings(config)
@@ -147,37 +150,6 @@ def run(config: ConfigOption = None) -> None:
         # The worker died on its own: stop too, so that a supervisor restarts both.
         typer.echo(f"pediface run: the worker exited with status {worker_proc.returncode}", err=True)
         raise typer.Exit(1)
-
-
-@app.command()
-def deface(
-    input_path: Annotated[
-        Path, typer.Argument(metavar="INPUT", help="A NIfTI file or a folder of DICOM files.")
-    ],
-    output: Annotated[Path, typer.Argument(metavar="OUTPUT", help="Output folder (created).")],
-    config: ConfigOption = None,
-    qc: Annotated[bool, typer.Option(help="Also write a before/after picture, qc.png.")] = True,
-) -> None:
-    """Deface one image on this machine, without the network.
-
-    NIfTI in: writes <name>_defaced.nii.gz and <name>_face_mask.nii.gz (the interface of the paper's tool).
-    DICOM folder in (one series): writes the defaced, de-identified series as <SOPInstanceUID>.dcm and the
-    mask as face_mask.nii.gz. Exit status 1 with the reason when the input cannot be defaced safely.
-    """
-    from pediface.errors import PedifaceError
-    from worker.offline import deface_path
-
-    settings = _settings(config)
-    try:
-        written = deface_path(input_path, output, settings, qc=qc)
-    except PedifaceError as exc:
-        typer.echo(f"pediface: {input_path} not defaced: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    except (FileNotFoundError, ValueError) as exc:
-        typer.echo(f"pediface: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    for path in written:
-        typer.echo(str(path))
 
 
 @app.command()
@@ -204,7 +176,8 @@ def train(
     on the CPU and writes a model folder (dataset.json, plans.json, fold_0/checkpoint_final.pth, SHA256SUMS)
     to MODEL_DIR. See models/nnunet-face/MODEL_CARD.md for what the shipped model was trained with.
     """
-    from worker.deface.training.train import train_model
+    need_worker_extra("train")
+    from training.train import train_model
 
     written = train_model(
         model_dir,
@@ -232,8 +205,11 @@ def demo(
     """Send a real head MRI through an embedded gateway and worker, and show the result.
 
     Uses the UIH 3D T1 from ../shared/data/dicom when present, else a small series made from the shipped
-    template head. Prints where the defaced series and a before/after picture were written.
+    template head. Prints where the defaced series, a before/after picture and the log were written;
+    everything else (Celery's banner, the logs at debug level, library warnings) goes to that log,
+    <data_dir>/logs/demo-<time>.log.
     """
+    need_worker_extra("demo")
     from pediface.demo import run_demo
 
     settings = _settings(config)
@@ -244,7 +220,7 @@ def demo(
 @quarantine_app.command("list")
 def quarantine_list(config: ConfigOption = None) -> None:
     """One line per quarantined job: id, when, reason code, instances, reason."""
-    from pediface.spool import Spool
+    from spool.store import Spool
 
     settings = _settings(config)
     spool = Spool(settings.data_dir)
@@ -259,7 +235,7 @@ def quarantine_list(config: ConfigOption = None) -> None:
 @quarantine_app.command("show")
 def quarantine_show(job_id: str, config: ConfigOption = None) -> None:
     """Print a quarantined job's manifest (state history, attempts, reason) as JSON."""
-    from pediface.spool import Spool
+    from spool.store import Spool
 
     settings = _settings(config)
     try:
@@ -272,8 +248,9 @@ def quarantine_show(job_id: str, config: ConfigOption = None) -> None:
 @quarantine_app.command("retry")
 def quarantine_retry(job_id: str, config: ConfigOption = None) -> None:
     """Move a quarantined job back to the queue (after fixing its cause) and dispatch it."""
-    from pediface.broker import dispatch, make_app
-    from pediface.spool import JobState, Spool
+    from spool.broker import dispatch, make_app
+    from spool.manifest import JobState
+    from spool.store import Spool
 
     settings = _settings(config)
     spool = Spool(settings.data_dir)
@@ -298,7 +275,7 @@ def quarantine_purge(
     yes: Annotated[bool, typer.Option("--yes", help="Really delete (the files are gone for good).")] = False,
 ) -> None:
     """Delete quarantined jobs and their files, after they were dealt with."""
-    from pediface.spool import Spool
+    from spool.store import Spool
 
     settings = _settings(config)
     if not yes:
@@ -320,7 +297,7 @@ def quarantine_purge(
 @app.command()
 def status(config: ConfigOption = None) -> None:
     """Print queue depth, open series, jobs by state and the most recent failures as a table."""
-    from pediface.status_report import status_table
+    from spool.report import status_table
 
     settings = _settings(config)
     typer.echo(status_table(settings), nl=False)
@@ -336,7 +313,7 @@ def show_config(
     """Print the effective settings as YAML (secrets masked)."""
     import yaml
 
-    from pediface.settings import documented_yaml
+    from config.documented import documented_yaml
 
     if defaults:
         typer.echo(documented_yaml(), nl=False)
@@ -402,18 +379,12 @@ def evaluate(
     about a minute per head on two CPU cores. Exit status 2 when ../shared/data is missing or a name is
     unknown. Example: pediface evaluate --out /tmp/eval.md --synthetic 2
     """
-    from pediface.progress import make_progress
+    need_worker_extra("evaluate")
+    from common.progress import make_progress
+    from evaluation.heads import DEFAULT_HEADS, SHIPPED_MODELS, eval_heads
+    from evaluation.results import markdown, to_json
+    from evaluation.run import parameters, run, run_context
     from worker.deface import load_masker
-    from worker.deface.evaluate import (
-        DEFAULT_HEADS,
-        SHIPPED_MODELS,
-        eval_heads,
-        markdown,
-        parameters,
-        run,
-        run_context,
-        to_json,
-    )
 
     kinds = masker or ["template", "nnunet"]
     unknown = [kind for kind in kinds if kind not in SHIPPED_MODELS]
@@ -469,11 +440,25 @@ def _wait_for_signal(child: subprocess.Popen | None = None) -> None:
 
 
 class _worker_process:
-    """Context manager: a ``pediface worker`` child process with this process's settings."""
+    """Context manager: a ``pediface worker`` child process with this process's settings.
+
+    ``log_file``: the child's output (Celery's banner, its logs at debug level, library warnings) goes
+    there instead of this process's stderr, for the quiet commands (``pediface demo``).
+    """
+
+    def __init__(self, log_file: Path | None = None) -> None:
+        self.log_file = log_file
 
     def __enter__(self) -> subprocess.Popen:
-        # The worker's banner and logs go to stderr: stdout stays for this command's own answer.
-        self.proc = subprocess.Popen([sys.executable, "-m", "pediface", "worker"], stdout=sys.stderr)
+        argv = [sys.executable, "-m", "pediface", "worker"]
+        if self.log_file is None:
+            # The worker's banner and logs go to stderr: stdout stays for this command's own answer.
+            self.proc = subprocess.Popen(argv, stdout=sys.stderr)
+            return self.proc
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            env = {**os.environ, "PEDIFACE_LOG_LEVEL": "DEBUG"}
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self.proc
 
     def __exit__(self, *exc: object) -> None:

@@ -3,6 +3,10 @@
 This process runs the gateway (the worker, which loads the masker, is a child
 process), sends the series with C-STORE over loopback like a PACS would, waits
 for the job to be delivered or quarantined, and says where everything went.
+
+It is a person's first ten minutes with pediface, so it is quiet: a progress bar (on a terminal) and the
+lines that say where the results are. Everything else (Celery's banner, the worker's and the gateway's
+logs at debug level, library warnings) goes to ``<data_dir>/logs/demo-<time>.log``.
 """
 
 from __future__ import annotations
@@ -14,9 +18,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pediface.logs import get_logger
-from pediface.settings import DestinationKind, DestinationSettings, Settings
-from pediface.spool import JobManifest, JobState, Spool
+from common.files import utcnow
+from common.logs import configure as configure_logging
+from common.logs import get_logger
+from common.progress import steps
+from config.sections import DestinationKind, DestinationSettings
+from config.settings import Settings
+from spool.manifest import JobManifest, JobState
+from spool.store import Spool
 
 log = get_logger("pediface.demo")
 
@@ -33,7 +42,7 @@ def free_port() -> int:
 
 
 def demo_input(work: Path, folder: Path | None = None) -> tuple[str, list[Path]]:
-    """The series to send: ``folder``, else the shared UIH head if present, else a sample made from the template."""
+    """The series to send: ``folder``, else the shared UIH head if present, else a sample of the template."""
     if folder is not None:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         return f"series in {folder}", files
@@ -59,14 +68,19 @@ def wait_for_job(spool: Spool, calling_ae: str, since: float, timeout_s: float) 
 
 def run_demo(
     settings: Settings,
-    worker_process: Callable[[], AbstractContextManager],
+    worker_process: Callable[[Path], AbstractContextManager],
     timeout_s: float,
     folder: Path | None = None,
 ) -> int:
-    """Run the demo; returns the exit status (0 when the series was delivered)."""
+    """Run the demo; returns the exit status (0 when the series was delivered).
+
+    ``worker_process(log_file)`` starts the worker with its output going to ``log_file``.
+    """
     from gateway.server import Gateway
     from worker.delivery import deliver
 
+    log_file = settings.data_dir / "logs" / f"demo-{utcnow():%Y%m%d-%H%M%S}.log"
+    configure_logging("DEBUG", settings.log_format, file=log_file)
     work = settings.data_dir / "demo"
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -77,11 +91,11 @@ def run_demo(
         }
     )
     what, files = demo_input(work, folder)
-    print(
-        f"pediface demo: sending {len(files)} instances ({what}) to {settings.dicom.ae_title}@127.0.0.1:{port}"
-    )
+    target = f"{settings.dicom.ae_title}@127.0.0.1:{port}"
+    print(f"pediface demo: sending {len(files)} instances ({what}) to {target}", flush=True)
     started = time.time()
-    with worker_process():
+    with steps(3, "pediface demo") as bar, worker_process(log_file):
+        bar.step("starting the gateway and the worker")
         gateway = Gateway(gw_settings)
         gateway.start()
         try:
@@ -92,18 +106,20 @@ def run_demo(
                 port=port,
                 calling_ae_title=DEMO_AE,
             )
+            bar.step(f"sending {len(files)} instances with C-STORE")
             deliver(files, scu, settings.archive_folder)
             sent_s = time.time() - started
+            bar.step("the worker defaces and de-identifies the series")
             manifest = wait_for_job(Spool(settings.data_dir), DEMO_AE, started - 1, timeout_s)
         finally:
             gateway.stop()
     total_s = time.time() - started
     if manifest is None:
-        print(f"pediface demo: no result after {timeout_s:.0f} s; see the worker log above")
+        print(f"pediface demo: no result after {timeout_s:.0f} s; see the log: {log_file}")
         return 1
     job_dir = Spool(settings.data_dir).job_dir(manifest.job_id)
     if manifest.state != JobState.sent:
-        print(f"pediface demo: the series was quarantined: {manifest.reason}\n  {job_dir}")
+        print(f"pediface demo: the series was quarantined: {manifest.reason}\n  {job_dir}\n  log: {log_file}")
         return 1
     picture = work / "before_after.png"
     if (job_dir / "qc.png").is_file():
@@ -113,7 +129,7 @@ def run_demo(
         f"pediface demo: done in {total_s:.1f} s (C-STORE {sent_s:.1f} s)\n"
         f"  defaced, de-identified series ({manifest.n_sent} instances): {series_dir}\n"
         f"  before/after picture: {picture}\n"
-        f"  job record: {job_dir / 'job.json'}"
+        f"  log: {log_file}"
     )
     return 0
 

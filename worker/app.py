@@ -9,16 +9,15 @@ backoff and jitter. Settings come from :func:`configure`, called by
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
-from pediface.broker import PROCESS_SERIES, celery_config
-from pediface.errors import RetryableError
-from pediface.logs import get_logger
-from pediface.settings import Settings
-from worker.deface.base import FaceMasker
+from common.errors import RetryableError
+from common.logs import get_logger
+from config.settings import Settings
+from spool.broker import PROCESS_SERIES, celery_config
+from worker.deface import build_masker
 from worker.jobs import JobRunner
 
 log = get_logger("pediface.worker")
@@ -35,44 +34,16 @@ def configure(settings: Settings) -> Celery:
     return app
 
 
-#: Model folders shipped with pediface, by masker kind (``models/`` at the top of the source tree).
-MODELS_ROOT = Path(__file__).resolve().parents[1] / "models"
-SHIPPED_MODELS = {"template": "template-pydeface", "nnunet": "nnunet-face"}
-
-
-def build_masker(settings: Settings) -> FaceMasker:
-    """The configured face masker (imported here: only worker processes load models)."""
-    from worker.deface import load_masker
-
-    deface = settings.deface
-    model_dir = deface.model_dir or MODELS_ROOT / SHIPPED_MODELS[deface.masker.value]
-    return load_masker(deface.masker.value, model_dir, margin_mm=deface.margin_mm, threads=deface.threads)
-
-
-def check_masker(settings: Settings) -> None:
-    """Check the configured model folder without loading it (raises ``ValueError``).
-
-    The worker's main process calls this at start; each pool process then builds its own masker
-    (:func:`_build_in_pool_process`). torch must not run in a process that later forks: its
-    OpenMP thread pool does not survive a fork, and the forked child hangs on its first prediction.
-    """
-    deface = settings.deface
-    model_dir = deface.model_dir or MODELS_ROOT / SHIPPED_MODELS[deface.masker.value]
-    if deface.masker.value == "nnunet":
-        from worker.deface.nnunet import verify_nnunet_dir
-
-        verify_nnunet_dir(Path(model_dir), 0, "checkpoint_final.pth")
-    else:
-        build_masker(settings)  # no torch: cheap, and checks more than the checksums
-
-
 @worker_process_init.connect
 def _build_in_pool_process(**_: object) -> None:
-    """Build the masker in each pool process as it starts, not on its first series."""
+    """Build the masker (and the face check's detector) in each pool process as it starts, not on its
+    first series."""
     if _settings is None:
         return
     try:
         runner().masker  # noqa: B018
+        if runner().context.face_check_on:
+            runner().context.face_check.detector  # noqa: B018 - dlib and its checked weights, once
     except Exception as exc:  # noqa: BLE001 - the job that needs it will quarantine with the reason
         log.error("masker_build_failed", error=str(exc))
 

@@ -17,10 +17,11 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
-from pediface.errors import DeliveryError
-from pediface.logs import get_logger
-from pediface.settings import DestinationKind, DestinationSettings
-from pediface.spool import atomic_write, is_valid_uid
+from common.errors import DeliveryError
+from common.files import atomic_write
+from common.logs import get_logger
+from config.sections import DestinationKind, DestinationSettings
+from spool.manifest import is_valid_uid
 
 log = get_logger("pediface.worker.delivery")
 

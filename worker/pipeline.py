@@ -2,8 +2,9 @@
 
 Steps, each a pure function of its own module::
 
-    split_series (volume) -> per stack: stack_volume -> masker.predict (deface)
-        -> write_back (writer) -> deidentify (deid) -> mark_derived
+    mask_series:   split_series (volume) -> per stack: stack_volume -> masker.predict (deface)
+    blank_pixels:  write_back (writer)
+    deidentify_series: per instance deidentify (deid) -> mark_derived
 
 Every instance of the series ends one of three ways: defaced (it belongs to a
 stack that got its own mask), deliberately left out and not forwarded (a
@@ -29,13 +30,16 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
-from pediface import __version__
-from pediface.errors import DeidentificationError, InputError, MaskingError
-from pediface.logs import get_logger
+from common.errors import DeidentificationError, InputError, MaskingError
+from common.logs import get_logger
+from common.version import __version__
 from worker.deface.base import FaceMasker
+from worker.deface.evidence import FaceCheck, NoFaceEvidence, face_check_unavailable, no_face_evidence
 from worker.deid import DeidPolicy, deidentify, remap_uid
+from worker.deid.iod import original_only_attributes
 from worker.types import FaceMask, Volume
-from worker.volume import MIN_SLICES, Filtered, split_series, stack_volume
+from worker.volume.pixels import stack_volume
+from worker.volume.stacks import MIN_SLICES, Filtered, Stack, split_series
 from worker.writer import StackMask, write_back
 
 log = get_logger("pediface.worker.pipeline")
@@ -98,15 +102,32 @@ def _source_reference(sop_class: str, sop_instance: str) -> Dataset:
     return item
 
 
+def _evidence(study: str, series: str, reference: Dataset) -> DicomSequence:
+    """A Hierarchical SOP Instance Reference to one instance (PS3.3 Table C.17-3)."""
+    instance = Dataset()
+    instance.ReferencedSOPClassUID = reference.ReferencedSOPClassUID
+    instance.ReferencedSOPInstanceUID = reference.ReferencedSOPInstanceUID
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = series
+    series_item.ReferencedSOPSequence = DicomSequence([instance])
+    study_item = Dataset()
+    study_item.StudyInstanceUID = study
+    study_item.ReferencedSeriesSequence = DicomSequence([series_item])
+    return DicomSequence([study_item])
+
+
 def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
     """Say in the header that the pixels were changed, how, and from what (PS3.3 C.7.6.1.1).
 
-    Called on a de-identified instance. With ``key``, the instance becomes a new object
-    derived from its pseudonymised source: new SOP Instance and Series Instance UIDs (the
-    keyed :func:`remap_uid` of the pseudonymised ones, so a retry gives the same UIDs) and
-    a Source Image Sequence referencing the pseudonymised source instance. Enhanced MR
-    objects carry the reference in the shared Derivation Image functional group and
-    mark every frame DERIVED.
+    Called on a de-identified instance. Image Type Value 1 becomes DERIVED, and the attributes a
+    DERIVED image does not keep go (Enhanced MR: the MR Pulse Sequence and Bulk Motion
+    Synchronization modules but for what dcm2niix reads, :func:`~worker.deid.iod.original_only_attributes`).
+    With ``key``,
+    the instance becomes a new object derived from its pseudonymised source: new SOP Instance
+    and Series Instance UIDs (the keyed :func:`remap_uid` of the pseudonymised ones, so a retry
+    gives the same UIDs) and a Source Image Sequence referencing the pseudonymised source
+    instance. Enhanced MR objects carry the reference in the shared Derivation Image functional
+    group and in the Source Image Evidence Sequence, and mark every frame DERIVED.
     """
     image_type = list(ds.get("ImageType") or ["DERIVED", "SECONDARY"])
     image_type[0] = "DERIVED"
@@ -116,11 +137,15 @@ def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
     description = f"Face and ears removed ({masker}, pediface {__version__})"[:1024]
     derivation = DicomSequence([_code_item(codes.DCM.PixelByPixelMask)])
     enhanced = str(ds.SOPClassUID) == ENHANCED_MR and "SharedFunctionalGroupsSequence" in ds
+    for keyword in original_only_attributes(str(ds.SOPClassUID)):
+        if keyword in ds:
+            delattr(ds, keyword)
     if not enhanced:
         ds.DerivationDescription = description
     if key is None:
         return
     source_sop = str(ds.SOPInstanceUID)
+    source_series = str(ds.SeriesInstanceUID)
     new_sop = remap_uid(source_sop, key)
     reference = _source_reference(str(ds.SOPClassUID), source_sop)
     ds.SOPInstanceUID = new_sop
@@ -134,6 +159,7 @@ def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
         group.DerivationCodeSequence = derivation
         group.SourceImageSequence = DicomSequence([reference])
         shared.DerivationImageSequence = DicomSequence([group])
+        ds.SourceImageEvidenceSequence = _evidence(str(ds.StudyInstanceUID), source_series, reference)
         for groups in [shared, *(ds.get("PerFrameFunctionalGroupsSequence") or [])]:
             for item in groups.get("MRImageFrameTypeSequence") or []:
                 if item.get("FrameType"):
@@ -143,6 +169,24 @@ def mark_derived(ds: Dataset, masker: str, key: bytes | None = None) -> None:
         return
     ds.DerivationCodeSequence = derivation
     ds.SourceImageSequence = DicomSequence([reference])
+
+
+def derived_copy(
+    ds: Dataset, policy: DeidPolicy, key: bytes, masker: str, *, defaced: bool = True
+) -> Dataset:
+    """The de-identified copy of one instance, marked as derived from its source when it was defaced.
+
+    What every output instance gets, for one destination's policy: :func:`deidentify` (recording
+    the defacing) then :func:`mark_derived`. An instance whose field of view holds no face
+    (``defaced=False``) keeps its pixels and its Image Type, and gets the same Series Instance UID
+    as the defaced instances of its series would. `ds` is not modified.
+    """
+    clean = deidentify(ds, policy, key, defaced=defaced)
+    if defaced:
+        mark_derived(clean, masker, key)
+    else:
+        clean.SeriesInstanceUID = remap_uid(str(clean.SeriesInstanceUID), key)
+    return clean
 
 
 @dataclass(frozen=True)
@@ -160,6 +204,10 @@ class DefacedPixels:
     filtered: tuple[Filtered, ...]
     masker: str
     timings: dict[str, float] = field(default_factory=dict)
+    #: The geometries sent without defacing, with their evidence (see :class:`MaskedSeries`).
+    no_face: tuple[NoFaceEvidence, ...] = ()
+    #: Instance indices of those geometries: their pixels are as received, their headers not DERIVED.
+    untouched: frozenset[int] = frozenset()
 
     @property
     def blanked_voxels(self) -> int:
@@ -170,15 +218,70 @@ class DefacedPixels:
         return dict(Counter(f.kind for f in self.filtered))
 
 
-def deface_pixels(
-    datasets: Sequence[Dataset], masker: FaceMasker, *, remove_ears: bool = True
-) -> DefacedPixels:
-    """Find and blank the face (and ears) of every stack of one series held in memory.
+@dataclass(frozen=True)
+class MaskedSeries:
+    """A series split into stacks, each with its volume and its face mask; nothing blanked yet."""
 
-    Headers are not touched; ``timings`` holds the seconds spent building volumes, predicting
-    masks and writing the pixels back.
+    stacks: tuple[Stack, ...]
+    volumes: tuple[Volume, ...]
+    masks: tuple[FaceMask, ...]
+    filtered: tuple[Filtered, ...]
+    masker: str
+    timings: dict[str, float] = field(default_factory=dict)
+    #: The geometries sent without defacing, with the evidence that they hold no face.
+    no_face: tuple[NoFaceEvidence, ...] = ()
+    #: Indices (into ``stacks``) of the stacks those geometries hold: their masks are empty.
+    unmasked: frozenset[int] = frozenset()
+
+
+def _geometry_key(volume: Volume) -> tuple:
+    """Stacks with equal keys lie on one grid: the volumes of an fMRI or diffusion series."""
+    return (
+        volume.shape,
+        tuple(round(float(v), 3) for v in volume.spacing),
+        tuple(round(float(v), 2) for v in volume.origin),
+        tuple(round(float(v), 4) for v in volume.direction),
+    )
+
+
+def _no_face(
+    volume: Volume, error: MaskingError, stacks: str, no_face_in_fov: str, face_check: FaceCheck
+) -> NoFaceEvidence:
+    """The evidence that a geometry the masker found no face in holds none; else the error, explained."""
+    if error.code != "mask.no_face":
+        raise error
+    evidence, why_not = no_face_evidence(volume, error, stacks, face_check)
+    if evidence is None:
+        raise MaskingError(f"{error} ({why_not})", code=error.code, details=error.details)
+    if no_face_in_fov != "deidentify":
+        raise MaskingError(
+            f"{evidence.summary()}; deface.no_face_in_fov: deidentify would send such series de-identified",
+            code=error.code,
+            details=error.details,
+        )
+    return evidence
+
+
+def mask_series(
+    datasets: Sequence[Dataset],
+    masker: FaceMasker,
+    *,
+    no_face_in_fov: str = "quarantine",
+    face_check: FaceCheck = face_check_unavailable,
+) -> MaskedSeries:
+    """Split one series held in memory into stacks and predict the face (and ears) of each geometry.
+
+    Stacks on one grid (the volumes of an fMRI or diffusion series) share one mask, predicted on
+    the brightest of them (a b=0 volume, where there is one) and applied to every volume. A
+    geometry the masker finds no face in is quarantined, or with ``no_face_in_fov="deidentify"``
+    and the evidence of :func:`~worker.deface.evidence.no_face_evidence` left as it is (an empty
+    mask, the evidence in :attr:`MaskedSeries.no_face`).
+
+    Raises :class:`InputError` when there is no stack to deface or a stack is too thin to find a
+    face in, and :class:`MaskingError` when a mask does not fit its stack or a geometry shows no
+    face without that evidence.
     """
-    timings = {"volume": 0.0, "mask": 0.0, "write_back": 0.0}
+    timings = {"volume": 0.0, "mask": 0.0}
     split = split_series(datasets)
     if split.filtered:
         log.info("instances_filtered", count=len(split.filtered), **split.filtered_counts())
@@ -193,46 +296,102 @@ def deface_pixels(
                 code="input.too_few_slices",
             )
     decoded: dict[int, np.ndarray] = {}
-    parts: list[StackMask] = []
-    masks: list[FaceMask] = []
-    results: list[StackResult] = []
+    volumes: list[Volume] = []
     for stack in split.stacks:
         started = time.perf_counter()
-        volume = stack_volume(datasets, stack, decoded)
+        volumes.append(stack_volume(datasets, stack, decoded))
         timings["volume"] += time.perf_counter() - started
+    groups: dict[tuple, list[int]] = {}
+    for index, volume in enumerate(volumes):
+        groups.setdefault(_geometry_key(volume), []).append(index)
+    masks: dict[int, FaceMask] = {}
+    no_face: list[NoFaceEvidence] = []
+    unmasked: set[int] = set()
+    for members in groups.values():
+        volume = volumes[max(members, key=lambda i: float(volumes[i].array.mean()))]
+        label = split.stacks[members[0]].label + (
+            f" and {len(members) - 1} more on its grid" if len(members) > 1 else ""
+        )
         started = time.perf_counter()
-        mask = masker.predict(volume)
+        try:
+            mask = masker.predict(volume)
+        except MaskingError as error:
+            no_face.append(_no_face(volume, error, label, no_face_in_fov, face_check))
+            mask = FaceMask(np.zeros(volume.shape, np.uint8), masker.name)
+            unmasked.update(members)
         timings["mask"] += time.perf_counter() - started
         if mask.labels.shape != volume.shape:
             raise MaskingError(
-                f"the masker returned a {mask.labels.shape} mask for the {volume.shape} stack {stack.label}"
+                f"the masker returned a {mask.labels.shape} mask for the {volume.shape} stack {label}"
             )
+        masks.update(dict.fromkeys(members, mask))
+    return MaskedSeries(
+        stacks=tuple(split.stacks),
+        volumes=tuple(volumes),
+        masks=tuple(masks[i] for i in range(len(volumes))),
+        filtered=tuple(split.filtered),
+        masker=masker.name,
+        timings=timings,
+        no_face=tuple(no_face),
+        unmasked=frozenset(unmasked),
+    )
+
+
+def blank_pixels(
+    datasets: Sequence[Dataset], masked: MaskedSeries, *, remove_ears: bool = True
+) -> DefacedPixels:
+    """Blank each stack's mask in the original instances' pixel data; headers are not touched.
+
+    Raises :class:`MaskingError` when a mask is empty (nothing would be removed) or an instance
+    of a stack was not written back.
+    """
+    parts: list[StackMask] = []
+    results: list[StackResult] = []
+    for index, (stack, volume, mask) in enumerate(
+        zip(masked.stacks, masked.volumes, masked.masks, strict=True)
+    ):
         blank = mask.blank(include_ears=remove_ears)
         blanked = int(blank.sum())
-        if blanked == 0:
+        if blanked == 0 and index not in masked.unmasked:
             raise MaskingError(
                 f"the face mask of stack {stack.label} is empty: nothing would be removed", code="mask.empty"
             )
         background = int(volume.array.min())
         parts.append(StackMask(volume, blank, background))
-        masks.append(mask)
         results.append(StackResult(stack.label, volume.shape, blanked, background, mask.masker))
-    decoded.clear()
     started = time.perf_counter()
     written = write_back(datasets, parts)
-    timings["write_back"] = time.perf_counter() - started
-    expected = {i for s in split.stacks for i in s.instances}
+    timings = {**masked.timings, "write_back": time.perf_counter() - started}
+    expected = {i for s in masked.stacks for i in s.instances}
     if set(written) != expected:
         raise MaskingError("an instance of a stack was not written back", code="mask.incomplete")
     return DefacedPixels(
         written=written,
         parts=tuple(parts),
-        masks=tuple(masks),
+        masks=masked.masks,
         stacks=tuple(results),
-        filtered=tuple(split.filtered),
-        masker=masker.name,
+        filtered=masked.filtered,
+        masker=masked.masker,
         timings=timings,
+        no_face=masked.no_face,
+        untouched=frozenset(i for s in masked.unmasked for i in masked.stacks[s].instances),
     )
+
+
+def deface_pixels(
+    datasets: Sequence[Dataset],
+    masker: FaceMasker,
+    *,
+    remove_ears: bool = True,
+    no_face_in_fov: str = "quarantine",
+) -> DefacedPixels:
+    """Find and blank the face (and ears) of every stack of one series held in memory.
+
+    :func:`mask_series` then :func:`blank_pixels`. Headers are not touched; ``timings`` holds
+    the seconds spent building volumes, predicting masks and writing the pixels back.
+    """
+    masked = mask_series(datasets, masker, no_face_in_fov=no_face_in_fov)
+    return blank_pixels(datasets, masked, remove_ears=remove_ears)
 
 
 def deidentify_series(
@@ -247,15 +406,18 @@ def deidentify_series(
     output = []
     by_index: dict[int, Dataset] = {}
     for index in sorted(pixels.written):
-        clean = deidentify(pixels.written[index], policy, key, defaced=True)
-        mark_derived(clean, pixels.masker, key)
+        clean = derived_copy(
+            pixels.written[index], policy, key, pixels.masker, defaced=index not in pixels.untouched
+        )
         output.append(clean)
         by_index[index] = clean
     uids = {str(ds.SeriesInstanceUID) for ds in output}
     if len(uids) != 1:
         raise DeidentificationError("de-identified instances do not share one Series Instance UID")
     parts = pixels.parts
-    largest = max(range(len(parts)), key=lambda i: int(np.prod(parts[i].volume.shape)))
+    # The QC picture and the SEG show the largest defaced stack (any stack if none was defaced).
+    defaced = [i for i, p in enumerate(parts) if p.blank.any()] or list(range(len(parts)))
+    largest = max(defaced, key=lambda i: int(np.prod(parts[i].volume.shape)))
     part = parts[largest]
     volume = part.volume
     after = Volume(
@@ -266,7 +428,7 @@ def deidentify_series(
         sources=volume.sources,
     )
     segmentation = None
-    if mask_segmentation:
+    if mask_segmentation and parts[largest].blank.any():  # nothing defaced: no face mask to show
         from worker.segmentation import face_mask_segmentation
 
         segmentation = face_mask_segmentation(volume, pixels.masks[largest], by_index, key)
@@ -292,11 +454,12 @@ def deface_series(
     *,
     remove_ears: bool = True,
     mask_segmentation: bool = False,
+    no_face_in_fov: str = "quarantine",
 ) -> DefacedSeries:
     """Deface and de-identify one series held in memory, stack by stack, for one policy.
 
     :func:`deface_pixels` then :func:`deidentify_series`; a job with several destinations
     calls the two itself, to blank the pixels once.
     """
-    pixels = deface_pixels(datasets, masker, remove_ears=remove_ears)
+    pixels = deface_pixels(datasets, masker, remove_ears=remove_ears, no_face_in_fov=no_face_in_fov)
     return deidentify_series(pixels, policy, key, mask_segmentation=mask_segmentation)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom import Dataset
+from pydicom import DataElement, Dataset
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -38,10 +38,11 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pediface.errors import InputError
-from pediface.logs import get_logger
+from common.errors import InputError
+from common.logs import get_logger
 from worker.types import SliceSource, Volume
-from worker.volume import MosaicSource, frame_pixels
+from worker.volume.geometry import MosaicSource
+from worker.volume.pixels import frame_pixels
 
 log = get_logger("pediface.worker.writer")
 
@@ -91,14 +92,34 @@ def _target(ds: Dataset, source: SliceSource, frames: np.ndarray) -> np.ndarray:
     return plane
 
 
+PIXEL_DATA = 0x7FE00010
+
+
+def _edit_copy(ds: Dataset) -> Dataset:
+    """A dataset holding ``ds``'s elements, with its own file meta and encoding, for editing.
+
+    The elements are ``ds``'s own objects, not copies (a deep copy of a series' instances, pixel
+    data included, cost more than the rest of the write-back): an edit must *replace* an element
+    (``out[tag] = DataElement(...)``), never assign into one, and then ``ds`` stays as it was read.
+    """
+    out = Dataset(dict(ds.items()))
+    out.file_meta = copy.deepcopy(ds.file_meta)
+    out.set_original_encoding(*ds.original_encoding)
+    return out
+
+
+def _set_pixel_data(out: Dataset, ts: UID, data: bytes, vr: str, undefined_length: bool) -> None:
+    """Replace ``out``'s Pixel Data element and transfer syntax (see :func:`_edit_copy`)."""
+    out.file_meta.TransferSyntaxUID = ts
+    element = DataElement(PIXEL_DATA, vr, data, is_undefined_length=undefined_length)
+    out[PIXEL_DATA] = element
+
+
 def _set_native(out: Dataset, frames: np.ndarray, ts: UID) -> None:
     data = frames.astype(frames.dtype.newbyteorder("<"), copy=False).tobytes()
     if len(data) % 2:
         data += b"\0"  # PS3.5 7.1: values have even length
-    out.file_meta.TransferSyntaxUID = ts
-    out.PixelData = data
-    out["PixelData"].VR = "OW" if frames.dtype.itemsize > 1 else "OB"
-    out["PixelData"].is_undefined_length = False
+    _set_pixel_data(out, ts, data, "OW" if frames.dtype.itemsize > 1 else "OB", False)
 
 
 def _to_little_endian(out: Dataset) -> None:
@@ -123,10 +144,7 @@ def _try_encode(out: Dataset, frames: np.ndarray, ts: UID) -> bool:
     except Exception as exc:  # noqa: BLE001 - any encoder failure falls back to uncompressed
         log.warning("reencode_failed", transfer_syntax=ts.name, error=str(exc))
         return False
-    out.file_meta.TransferSyntaxUID = ts
-    out.PixelData = trial.PixelData
-    out["PixelData"].VR = "OB"
-    out["PixelData"].is_undefined_length = True
+    _set_pixel_data(out, ts, trial.PixelData, "OB", True)
     for keyword in ("LossyImageCompression", "LossyImageCompressionRatio", "LossyImageCompressionMethod"):
         if keyword in trial and keyword not in out:
             out[keyword] = trial[keyword]
@@ -148,7 +166,7 @@ def write_back(
     result: dict[int, Dataset] = {}
     for index, todo in edits.items():
         ds = datasets[index]
-        out = copy.deepcopy(ds)
+        out = _edit_copy(ds)
         ts = ds.file_meta.TransferSyntaxUID
         changed = any(mask.any() for _, mask, _ in todo)
         if not changed and (ts.is_little_endian or ts.is_compressed):

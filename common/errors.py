@@ -37,9 +37,19 @@ class InputError(PermanentError):
 
 
 class MaskingError(PermanentError):
-    """No trustworthy face mask: the masker failed or its result is implausible."""
+    """No trustworthy face mask: the masker failed or its result is implausible.
+
+    ``details`` holds the masker's measurements (numbers and labels, never identifiers), e.g.
+    the face volume it found, for the evidence that a field of view holds no face.
+    """
 
     code = "mask"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.details: dict[str, object] = dict(details or {})
 
 
 class DeidentificationError(PermanentError):

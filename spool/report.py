@@ -21,8 +21,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pediface.settings import Settings
-from pediface.spool import Delivery, JobManifest, JobState, Spool, StateChange
+from config.settings import Settings
+from spool.manifest import Delivery, JobManifest, JobState, StateChange
+from spool.store import Spool
 
 _UID_LIKE = re.compile(r"\b[0-9]+(?:\.[0-9]+){4,}\b")
 
@@ -46,6 +47,10 @@ class Phase(StrEnum):
 _PHASE_OF_STATE = {  # by value, so that a state added to JobState later shows as itself if it is a Phase
     "sealed": Phase.queued,
     "dispatched": Phase.queued,
+    "masked": Phase.processing,
+    "written": Phase.processing,
+    "checked": Phase.processing,
+    "deidentified": Phase.processing,
 }
 
 
@@ -231,7 +236,7 @@ def _shorten(text: str, limit: int) -> str:
 
 def status_table(settings: Settings, failures: int = 10) -> str:
     """``pediface status``: queue depth, open series, jobs by state and the last failures, as text."""
-    from pediface.broker import queue_depth  # celery: only when asked
+    from spool.broker import queue_depth  # celery: only when asked
 
     spool = Spool(settings.data_dir)
     rows = snapshot(spool)

@@ -1,29 +1,18 @@
-"""One typed settings object, read from a YAML file and the environment.
+"""The sections of the settings: one typed model per part of pediface.
 
-Sources, highest priority first: keyword arguments (tests, the CLI's flags),
-environment variables (``PEDIFACE_`` prefix, ``__`` between nested names, e.g.
-``PEDIFACE_DICOM__PORT=11112``), the YAML file named by ``--config`` or
-``PEDIFACE_CONFIG``, then the defaults below. ``config/pediface.yaml`` lists every
-option with its default and is checked against this module by the tests.
-
-Nothing reads settings at import time: each entry point builds them once and
-passes them down.
+Every field has a description (it becomes the comment in ``config/pediface.yaml``) and a unit in
+its name where it has one (``quiet_period_s``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
-from enum import Enum, StrEnum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-CONFIG_ENV = "PEDIFACE_CONFIG"
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
 
 
@@ -85,7 +74,24 @@ class DicomSettings(_Section):
         description="Senders allowed to associate (ae_title, hosts, max_associations). Empty: any calling AE "
         "title from any address, which is only safe on 127.0.0.1 or a closed network.",
     )
-    network_timeout_s: float = Field(60.0, gt=0, description="Idle network timeout of an association.")
+    network_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Idle network timeout of an association, also inside a PDU: a peer that stalls mid-PDU "
+        "is aborted after it.",
+    )
+    max_inflated_bytes: int = Field(
+        512 << 20,
+        ge=1 << 20,
+        description="Largest size a Deflated (compressed data set) instance may inflate to; larger ones are "
+        "refused (0xA900) and kept in quarantine, before they are inflated in full.",
+    )
+    max_image_pixels: int = Field(
+        1 << 29,
+        ge=1,
+        description="Most pixel values (Rows x Columns x Samples x Frames) one instance may declare; larger "
+        "ones are refused (0xA900) before a worker would allocate them.",
+    )
 
 
 class SeriesSettings(_Section):
@@ -139,12 +145,26 @@ class BrokerSettings(_Section):
         description="Redis: a task not acknowledged within this time is given to another worker. "
         "Must exceed the longest series processing time.",
     )
+    reconcile_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Redis: how often the gateway compares the jobs the spool has handed out with what the "
+        "broker holds (queued or taken by a worker); a job missing twice in a row (a Redis restarted "
+        "without its data) is dispatched again. 0: off.",
+    )
 
 
 class WorkerSettings(_Section):
     """The Celery worker that runs the pipeline."""
 
     concurrency: int = Field(1, ge=1, description="Series processed at once per worker process group.")
+    nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much CPU priority the worker processes give up (Unix nice increment): a saturated "
+        "worker must not slow the gateway on the same machine (C-ECHO and C-STORE answers). 0 keeps it.",
+    )
     queue: str = Field("pediface", description="Celery queue the gateway sends to and workers consume.")
     delivery_horizon_s: float = Field(
         86400.0,
@@ -206,6 +226,11 @@ class MaskerKind(StrEnum):
     template = "template"  # pydeface's template registered to the head (adult template, no ears)
 
 
+class CpuPrecision(StrEnum):
+    auto = "auto"  # bfloat16 where the CPU has it natively, else float32
+    float32 = "float32"
+
+
 class DefaceSettings(_Section):
     """How the face mask is computed and applied."""
 
@@ -215,7 +240,9 @@ class DefaceSettings(_Section):
         "registered to the head; face only).",
     )
     model_dir: Path | None = Field(
-        None, description="Model folder. Empty: the one shipped in models/ for the chosen masker."
+        None,
+        description="Model folder. Empty: the one shipped in models/ for the chosen masker. A model installed "
+        "with `pediface model import` (e.g. the paper's nnU-Net v1 weights) is <data_dir>/models/NAME.",
     )
     margin_mm: float = Field(4.0, ge=0, le=20, description="Safety margin the mask is dilated by.")
     remove_ears: bool = Field(True, description="Blank the ears as well when the masker labels them.")
@@ -225,11 +252,58 @@ class DefaceSettings(_Section):
         "(for QC at the archive; the archive must accept Segmentation Storage).",
     )
     threads: int | None = Field(None, ge=1, description="CPU threads for the masker. Empty: all cores.")
+    cpu_precision: CpuPrecision = Field(
+        CpuPrecision.auto,
+        description="Arithmetic of the nnU-Net network on CPU (its ONNX export): 'auto' uses bfloat16 where "
+        "the CPU computes it natively (AMX or AVX-512 BF16; face Dice >= 0.998 against float32 on the "
+        "shared heads, docs/benchmarks.md), else float32; 'float32' always.",
+    )
+    no_face_in_fov: Literal["quarantine", "deidentify"] = Field(
+        "quarantine",
+        description="A series whose field of view holds no face (an fMRI or DWI slab, a phantom: the masker "
+        "finds less than a face and the field of view does not reach the front of the head where faces "
+        "are): 'quarantine' waits for a person; 'deidentify' sends it de-identified but not defaced, and "
+        "the job record says 'no face in field of view' with the evidence.",
+    )
+    face_check: Literal["on", "off"] = Field(
+        "on",
+        description="After the mask is blanked and before anything is sent, render the defaced head's skin "
+        "surface (front, 45 degrees left and right) and run a CNN face detector (dlib's MMOD, "
+        "models/face-detector-mmod) on the renders: 'on' quarantines a series on which a face is still "
+        "detectable ('face still detectable after defacing: view left45, score 0.93'), with the QC picture "
+        "and the renders, and sends nothing; with no_face_in_fov: deidentify, a detector finding no face "
+        "before defacing is part of the evidence. 'off' skips it.",
+    )
+    face_check_threshold: float = Field(
+        0.15,
+        gt=0,
+        le=2,
+        description="Lowest detector score counted as a face. Chosen on the shared real heads "
+        "(docs/defacing.md, 'Face check'): before defacing every front and 45-degree view with the whole "
+        "face in the field of view scores 0.59 or more; after the shipped nnU-Net masker no view gives any "
+        "detection. 0.15 sits between, nearer the defaced side (fail closed). Lower it to be stricter.",
+    )
+
+    @field_validator("face_check", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+DeidProfileName = Literal["basic", "research"]
 
 
 class DeidSettings(_Section):
     """De-identification of the headers (DICOM PS3.15 Annex E)."""
 
+    profile: DeidProfileName = Field(
+        "basic",
+        description="'basic': the Basic Profile with the options below. 'research': for research archives "
+        "that convert to NIfTI/BIDS: adds Retain Safe Private, Clean Descriptors, Retain Longitudinal "
+        "Temporal Information with Modified Dates and Retain Patient Characteristics, and keeps the vendors' "
+        "private acquisition physics beyond Table E.3.10-1 (docs/research-profile.md).",
+    )
     options: list[str] = Field(
         default_factory=list,
         description="Profile options on top of the Basic Profile, by their names in PS3.15 "
@@ -300,6 +374,11 @@ class DestinationSettings(_Section):
         "longitudinal archive with 'Retain Longitudinal Temporal Information with Modified Dates'). "
         "Empty: deid.options.",
     )
+    deid_profile: DeidProfileName | None = Field(
+        None,
+        description="De-identification profile for this destination, replacing deid.profile. "
+        "Empty: deid.profile.",
+    )
     kind: DestinationKind = Field(
         DestinationKind.folder, description="'folder' writes files; 'dicom' sends them with C-STORE."
     )
@@ -345,220 +424,3 @@ class ConsoleSettings(_Section):
         if (self.username is None) != (self.password_hash is None):
             raise ValueError("console.username and console.password_hash must be set together")
         return self
-
-
-class YamlSource(PydanticBaseSettingsSource):
-    """Reads the YAML file named by ``_config_file`` or ``PEDIFACE_CONFIG``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
-        super().__init__(settings_cls)
-        self.path = path
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
-        raise NotImplementedError  # __call__ below returns the whole mapping at once
-
-    def __call__(self) -> dict[str, Any]:
-        if self.path is None:
-            return {}
-        try:
-            data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ValueError(f"configuration file {self.path} does not exist") from exc
-        except yaml.YAMLError as exc:
-            raise ValueError(f"configuration file {self.path} is not valid YAML: {exc}") from exc
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError(f"configuration file {self.path} must hold a mapping at the top level")
-        return data
-
-
-class Settings(BaseSettings):
-    """Every setting of pediface. See ``config/pediface.yaml`` for the documented defaults."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="PEDIFACE_", env_nested_delimiter="__", extra="forbid", validate_default=True
-    )
-
-    data_dir: Path = Field(
-        Path("pediface-data"),
-        description="Root of the spool, quarantine, embedded broker and default archive.",
-    )
-    log_format: Literal["console", "json"] = Field(
-        "console", description="'json' for one machine-readable line per event."
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    dicom: DicomSettings = Field(default_factory=DicomSettings)
-    series: SeriesSettings = Field(default_factory=SeriesSettings)
-    spool: SpoolSettings = Field(default_factory=SpoolSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    routing: RoutingSettings = Field(default_factory=RoutingSettings)
-    broker: BrokerSettings = Field(default_factory=BrokerSettings)
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)
-    deface: DefaceSettings = Field(default_factory=DefaceSettings)
-    deid: DeidSettings = Field(default_factory=DeidSettings)
-    audit: AuditSettings = Field(default_factory=AuditSettings)
-    destination: DestinationSettings = Field(default_factory=DestinationSettings)
-    destinations: list[DestinationSettings] = Field(
-        default_factory=list,
-        description="More research archives, each with the keys of destination (name, deid_options, kind, "
-        "folder, ae_title, host, port, calling_ae_title, timeout_s). Every processed series goes to "
-        "destination and to these unless routing rules name fewer. An unreachable one does not hold up "
-        "the others.",
-    )
-    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
-
-    # Set by load(); not a setting.
-    _config_file: Path | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = os.environ.get(CONFIG_ENV) or None
-        return (
-            init_settings,
-            env_settings,
-            file_secret_settings,
-            YamlSource(settings_cls, Path(path) if path else None),
-        )
-
-    @model_validator(mode="after")
-    def _absolute_data_dir(self) -> Settings:
-        # Worker processes may start in another directory: resolve once, here.
-        self.data_dir = self.data_dir.expanduser().resolve()
-        return self
-
-    @model_validator(mode="after")
-    def _destination_names(self) -> Settings:
-        names = [d.name for d in self.all_destinations]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
-        rules = [(f"routing rule '{r.name}'", r.destinations) for r in self.routing.rules]
-        for where, wanted in [*rules, ("routing.default_destinations", self.routing.default_destinations)]:
-            unknown = sorted(set(wanted) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"{where} names unknown destination(s) {', '.join(unknown)}; known: {', '.join(names)}"
-                )
-        return self
-
-    @property
-    def all_destinations(self) -> list[DestinationSettings]:
-        """``destination`` first, then ``destinations``."""
-        return [self.destination, *self.destinations]
-
-    def destination_named(self, name: str) -> DestinationSettings:
-        for destination in self.all_destinations:
-            if destination.name == name:
-                return destination
-        raise KeyError(f"no destination named {name!r}")
-
-    def folder_of(self, destination: DestinationSettings) -> Path:
-        """Where a folder destination writes."""
-        if destination.folder is not None:
-            return destination.folder
-        if destination is self.destination:
-            return self.data_dir / "archive"
-        return self.data_dir / f"archive-{destination.name}"
-
-    @property
-    def archive_folder(self) -> Path:
-        return self.folder_of(self.destination)
-
-    @property
-    def audit_file(self) -> Path:
-        return self.audit.file or self.data_dir / "audit.jsonl"
-
-    @property
-    def embedded_broker(self) -> bool:
-        return not self.broker.url
-
-    def deid_key(self) -> bytes:
-        """The de-identification key, creating the default key file on first use."""
-        if self.deid.secret is not None:
-            value = self.deid.secret.get_secret_value()
-            if len(value) < 16:
-                raise ValueError("deid.secret must be at least 16 characters")
-            return value.encode("utf-8")
-        path = self.deid.secret_file or self.data_dir / "secrets" / "deid.key"
-        if not path.exists():
-            if self.deid.secret_file is not None:
-                raise ValueError(f"deid.secret_file {path} does not exist")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # O_EXCL: two processes starting together must not write two different keys.
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(secrets.token_hex(32))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        key = path.read_text(encoding="utf-8").strip()
-        if len(key) < 16:
-            raise ValueError(f"the key in {path} is shorter than 16 characters")
-        return key.encode("utf-8")
-
-
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings from ``config_file`` (or ``$PEDIFACE_CONFIG``), the environment and overrides.
-
-    The chosen file is exported as ``PEDIFACE_CONFIG`` so that worker processes
-    started from this one read the same file.
-    """
-    if config_file is not None:
-        os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
-    return Settings(**overrides)
-
-
-def documented_yaml() -> str:
-    """Every option with its description and default, as a commented YAML file.
-
-    ``config/pediface.yaml`` is this text; a test keeps the two identical.
-    """
-    lines = [
-        "# pediface settings: every option with its default.",
-        "# Copy this file, change what you need, and pass it with --config or PEDIFACE_CONFIG.",
-        "# Any option can also be set in the environment: PEDIFACE_<SECTION>__<OPTION>,",
-        "# e.g. PEDIFACE_BROKER__URL=redis://127.0.0.1:6379/0. Generated by `pediface config --defaults`.",
-        "",
-    ]
-
-    def scalar(value: Any) -> str:
-        if isinstance(value, SecretStr):
-            return "null"
-        dumped = yaml.safe_dump(value, default_flow_style=True).strip()
-        return dumped.removesuffix("\n...").removesuffix(" ...").strip()
-
-    def emit(model: type[BaseModel], instance: BaseModel, indent: str) -> None:
-        for name, info in model.model_fields.items():
-            value = getattr(instance, name)
-            if isinstance(value, BaseModel):
-                doc = (type(value).__doc__ or "").strip().splitlines()[0]
-                lines.append(f"{indent}# {doc}")
-                lines.append(f"{indent}{name}:")
-                emit(type(value), value, indent + "  ")
-                lines.append("")
-                continue
-            if info.description:
-                lines.append(f"{indent}# {info.description}")
-            if isinstance(value, Enum):
-                value = value.value
-            elif isinstance(value, Path):
-                value = str(value)
-            lines.append(f"{indent}{name}: {scalar(value)}")
-
-    defaults = Settings.model_construct()
-    for name, info in Settings.model_fields.items():
-        value = info.get_default(call_default_factory=True)
-        setattr(defaults, name, value)
-    emit(Settings, defaults, "")
-    return "\n".join(lines).rstrip() + "\n"

@@ -7,7 +7,7 @@ nothing is drawn at all.
 
 Usage::
 
-    from pediface.progress import steps, track
+    from common.progress import steps, track
 
     for path in track(inputs, "defacing"):      # one tick per item, total from len()
         deface_path(path, ...)

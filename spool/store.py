@@ -24,40 +24,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
-from pydantic import BaseModel, Field
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{12}-[0-9a-f]{6}$")
-
-
-def is_valid_uid(value: object) -> bool:
-    """A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters."""
-    return isinstance(value, str) and len(value) <= 64 and bool(_UID.match(value))
-
-
-def series_key(calling_ae: str, study_uid: str, series_uid: str) -> str:
-    """Opaque, path-safe key of a series as sent by one peer."""
-    digest = hashlib.sha256(f"{calling_ae}\\{study_uid}\\{series_uid}".encode()).hexdigest()
-    return digest[:24]
-
-
-def study_key(calling_ae: str, study_uid: str) -> str:
-    """Opaque key of a study as sent by one peer."""
-    return hashlib.sha256(f"{calling_ae}\\{study_uid}".encode()).hexdigest()[:24]
+from common.files import atomic_write, fsync_dir, utcnow
+from spool.manifest import JobManifest, JobState, is_job_id, is_valid_uid, new_job_id
 
 
 class OpenSeries(NamedTuple):
@@ -66,96 +44,6 @@ class OpenSeries(NamedTuple):
     key: str
     age_s: float  # seconds since its last instance arrived
     study_key: str  # "" when unknown (a series received by an older version)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    Temp file in ``tmp_dir`` (same filesystem) or beside the target, fsync, rename,
-    fsync of the directory: after return the file survives a power cut.
-    """
-    tmp_dir = tmp_dir or path.parent
-    tmp = tmp_dir / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-class JobState(StrEnum):
-    sealed = "sealed"  # complete, not yet handed to the broker
-    dispatched = "dispatched"  # a task is queued
-    processing = "processing"
-    sent = "sent"
-    quarantined = "quarantined"
-    dropped = "dropped"  # deliberately not processed (a routing rule); kept in done/
-
-
-class StateChange(BaseModel):
-    state: JobState
-    at: datetime
-    note: str = ""
-
-
-class Delivery(BaseModel):
-    """Where the delivery of a job to one destination stands."""
-
-    state: Literal["pending", "sent", "failed"] = "pending"
-    n_sent: int = 0
-    output_series_uid: str | None = None
-    failures: int = 0  # failed attempts, counted for the send-failure metric
-    first_failure: datetime | None = None  # start of the current run of failures (the retry horizon)
-    last_error: str | None = None
-    sent_at: datetime | None = None
-
-
-class JobManifest(BaseModel):
-    """What the spool knows about one job. Holds no patient identifiers."""
-
-    job_id: str
-    series_key: str
-    calling_ae: str
-    n_instances: int
-    created_at: datetime = Field(default_factory=utcnow)
-    state: JobState = JobState.sealed
-    attempts: int = 0
-    reason: str | None = None
-    reason_code: str | None = None
-    n_sent: int = 0
-    first_delivery_failure: datetime | None = None
-    n_filtered: int = 0  # deliberately not forwarded (localizers, raw data, presentation states)
-    filtered: dict[str, int] = Field(default_factory=dict)  # by kind
-    output_series_uid: str | None = None
-    follows: str | None = None  # the delivered job this one completes with late instances
-    destinations: list[str] = Field(default_factory=list)  # chosen when sealed; empty: every destination
-    deliveries: dict[str, Delivery] = Field(default_factory=dict)  # by destination name
-    timings: dict[str, float] = Field(default_factory=dict)  # seconds per pipeline stage, last attempt
-    history: list[StateChange] = Field(default_factory=list)
-
-    def to(self, state: JobState, note: str = "") -> JobManifest:
-        self.state = state
-        self.history.append(StateChange(state=state, at=utcnow(), note=note))
-        return self
 
 
 class SpoolError(Exception):
@@ -175,9 +63,24 @@ class Spool:
         for folder in (self.tmp, self.incoming, self.jobs, self.done, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_stale_temp_files()
-        # Serialises "file lands in incoming/<key>" against "incoming/<key> is sealed",
-        # both of which happen in the gateway process.
-        self._seal_lock = threading.Lock()
+        # Serialises "file lands in incoming/<key>" against "incoming/<key> is sealed": between the
+        # threads of one gateway (the lock) and between gateways that share this spool (the flock).
+        self._locks: dict[str, threading.Lock] = {"seal": threading.Lock(), "dispatch": threading.Lock()}
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[None]:
+        """Hold the spool-wide lock ``name`` (``seal`` or ``dispatch``): one thread of one process at a time.
+
+        A thread lock for this process, then ``flock`` on ``spool/.<name>.lock`` for the others that
+        share the spool (other gateways; on NFS the Linux client turns flock into NFS byte-range locks).
+        """
+        lock = self._locks.setdefault(name, threading.Lock())
+        with lock, open(self.root / f".{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _remove_stale_temp_files(self, older_than_s: float = 3600.0) -> None:
         """Half-written files of a process that died; young ones may belong to a live process."""
@@ -214,7 +117,7 @@ class Spool:
     def purge(self, job_id: str) -> None:
         """Delete a quarantined job for good (its files included)."""
         target = self.quarantine_dir / job_id
-        if not _JOB_ID.match(job_id) or not (target / "job.json").is_file():
+        if not is_job_id(job_id) or not (target / "job.json").is_file():
             raise FileNotFoundError(f"no quarantined job {job_id}")
         shutil.rmtree(target)
         fsync_dir(self.quarantine_dir)
@@ -238,13 +141,13 @@ class Spool:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            with self._seal_lock:
+            with self.exclusive("seal"):
                 series_dir = self.incoming / key
                 target = series_dir / f"{sop_uid}.dcm"
-                if target.exists():
+                stored = not target.exists()
+                if not stored:
                     tmp.unlink()
-                    return False
-                if not series_dir.exists():
+                elif not series_dir.exists():
                     series_dir.mkdir()
                     source = {
                         "calling_ae": calling_ae,
@@ -253,12 +156,21 @@ class Spool:
                     }
                     atomic_write(series_dir / "source.json", json.dumps(source).encode(), self.tmp)
                     fsync_dir(self.incoming)
-                os.rename(tmp, target)
-                fsync_dir(series_dir)
-                # The directory's mtime is the series' last arrival; a rename updates it,
-                # and so does this for filesystems that would not.
-                os.utime(series_dir)
-            return True
+                # Held open: a seal may move the folder before the sync below, the entry goes with it.
+                directory = os.open(series_dir, os.O_RDONLY | os.O_DIRECTORY)
+                if stored:
+                    os.rename(tmp, target)
+                    # The directory's mtime is the series' last arrival; a rename updates it,
+                    # and so does this for filesystems that would not.
+                    os.utime(series_dir)
+            # Outside the lock: the associations' directory syncs overlap, and the file system folds
+            # those that arrive together into one journal commit (group commit). A duplicate waits
+            # too, so that no Success is answered for an instance that is not yet on disk.
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return stored
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -277,8 +189,12 @@ class Spool:
         return result
 
     def seal(self, key: str, quiet_period_s: float) -> JobManifest | None:
-        """Turn ``incoming/<key>`` into a job if nothing arrived for ``quiet_period_s``."""
-        with self._seal_lock:
+        """Turn ``incoming/<key>`` into a job if nothing arrived for ``quiet_period_s``.
+
+        Gateways that share the spool (several behind one address) may find the same quiet series at
+        once: under the seal lock the first seals it, the others find it gone and return ``None``.
+        """
+        with self.exclusive("seal"):
             series_dir = self.incoming / key
             try:
                 age = time.time() - series_dir.stat().st_mtime
@@ -350,7 +266,7 @@ class Spool:
 
     def job_dir(self, job_id: str) -> Path:
         """The folder of a job, wherever it is now."""
-        if not _JOB_ID.match(job_id):
+        if not is_job_id(job_id):
             raise ValueError(f"{job_id!r} is not a job id")
         for stage in (self.jobs, self.quarantine_dir, self.done):
             if (stage / job_id).is_dir():
@@ -370,13 +286,19 @@ class Spool:
         return self.jobs / job_id / "out"
 
     def sent_ledger(self, job_id: str, destination: str) -> set[str]:
-        """SOP Instance UIDs a destination has acknowledged for this job (see :meth:`record_sent`)."""
+        """SOP Instance UIDs a destination has acknowledged for this job (see :meth:`ledger_writer`).
+
+        Only complete lines count: each UID is written with its newline and fsynced before the next
+        instance is sent, so a last line without one was torn by a crash (even if its digits happen
+        to form a UID) and is ignored, as is any byte that is not ASCII.
+        """
         path = self.job_dir(job_id) / "sent" / f"{destination}.txt"
         try:
-            lines = path.read_text(encoding="ascii").splitlines()
+            data = path.read_bytes()
         except FileNotFoundError:
             return set()
-        return {line for line in lines if is_valid_uid(line)}  # a torn last line is not a UID
+        complete = data.split(b"\n")[:-1]  # the part after the last newline is torn or empty
+        return {text for line in complete if is_valid_uid(text := line.decode("ascii", "replace"))}
 
     @contextlib.contextmanager
     def ledger_writer(self, job_id: str, destination: str) -> Iterator[Callable[[str], None]]:
@@ -384,14 +306,20 @@ class Spool:
 
         A send cut short (worker killed, archive gone) resumes after the last acknowledged
         instance instead of sending the series again; the output UIDs being deterministic,
-        the ledger stays true across retries.
+        the ledger stays true across retries. A line torn by a crash is ended first, so the
+        next UID gets a line of its own.
         """
         folder = self.job_dir(job_id) / "sent"
         folder.mkdir(exist_ok=True)
-        with open(folder / f"{destination}.txt", "a", encoding="ascii") as handle:
+        with open(folder / f"{destination}.txt", "ab") as handle:
+            if handle.tell() > 0:
+                with open(folder / f"{destination}.txt", "rb") as reader:
+                    reader.seek(-1, os.SEEK_END)
+                    if reader.read(1) != b"\n":
+                        handle.write(b"\n")
 
             def record(sop_uid: str) -> None:
-                handle.write(sop_uid + "\n")
+                handle.write(sop_uid.encode("ascii") + b"\n")
                 handle.flush()
                 os.fsync(handle.fileno())
 
@@ -403,11 +331,14 @@ class Spool:
                 yield JobManifest.model_validate_json((entry / "job.json").read_bytes())
 
     @contextlib.contextmanager
-    def claim(self, job_id: str) -> Iterator[bool]:
+    def claim(self, job_id: str, wait_s: float = 0.0) -> Iterator[bool]:
         """Hold an exclusive lock on a job for this process; yields ``False`` if another holds it.
 
         A redelivered task (worker lost, visibility timeout) must not process a series
-        that another worker is still processing.
+        that another worker is still processing. ``wait_s``: how long to keep trying, for a
+        worker taking up a job while a gateway holds the lock for a moment (recording the
+        dispatch, or checking that no worker holds the job); a worker on the job holds it for
+        far longer.
         """
         lock_path = self.jobs / job_id / ".lock"
         try:
@@ -416,11 +347,16 @@ class Spool:
             yield False
             return
         try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
             try:
                 yield True
             finally:
@@ -473,11 +409,6 @@ class Spool:
 
     def _write_manifest(self, job_dir: Path, manifest: JobManifest) -> None:
         atomic_write(job_dir / "job.json", manifest.model_dump_json(indent=2).encode(), self.tmp)
-
-
-def new_job_id(key: str) -> str:
-    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{key[:12]}-{secrets.token_hex(3)}"
 
 
 def _read_json(path: Path) -> dict | None:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pediface.spool import utcnow
+from common.files import utcnow
 
 
 def keyed_hash(value: str, key: bytes, length: int = 16) -> str:
