@@ -32,7 +32,7 @@ import datetime
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -200,16 +200,27 @@ class RuleSet:
     exact: Mapping[int, Rule]
     repeating: tuple[Rule, ...]
     private: Rule
+    #: Every tag looked up so far, with its rule or None: the repeating groups are searched once
+    #: per tag and process, not once per element.
+    _found: dict[int, Rule | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def lookup(self, tag: int) -> Rule | None:
         """The rule of a public attribute, or None when the table does not list it."""
+        try:
+            return self._found[tag]
+        except KeyError:
+            pass
         rule = self.exact.get(tag)
-        if rule is not None:
-            return rule
-        for candidate in self.repeating:
-            if candidate.row.pattern.matches(tag):
-                return candidate
-        return None
+        if rule is None:
+            rule = next(
+                (candidate for candidate in self.repeating if candidate.row.pattern.matches(tag)), None
+            )
+        if len(self._found) < _MAX_FOUND:  # bounded: a hostile file may carry any number of tags
+            self._found[int(tag)] = rule
+        return rule
+
+
+_MAX_FOUND = 65536
 
 
 def _build_rules(table: ProfileTable, options: frozenset[DeidOption]) -> RuleSet:

@@ -104,3 +104,37 @@ def attribute_types(sop_class_uid: str) -> Mapping[AttributePath, str] | None:
         for path, kind in modules.get(module, {}).items():
             types[path] = _stricter(types.get(path), kind)
     return types
+
+
+ORIGINAL_ONLY_MODULES = ("mr-pulse-sequence", "bulk-motion-synchronization")
+"""Modules the Enhanced MR Image IOD requires while Image Type Value 1 is ORIGINAL or MIXED (PS3.3
+A.36-2); dciodvfy refuses their attributes in a DERIVED image, so a derived image drops them, but
+for :data:`KEPT_WHEN_DERIVED`."""
+
+KEPT_WHEN_DERIVED = frozenset({"MRAcquisitionType", "PulseSequenceName", "NumberOfKSpaceTrajectories"})
+"""MR Pulse Sequence attributes a derived image keeps: dcm2niix lays out a 3D acquisition's NIfTI grid
+by MR Acquisition Type and writes all three into the BIDS sidecar (MRAcquisitionType, SequenceName,
+NumberOfKSpaceTrajectories). PS3.3 C.8.13.4 (Table C.8-87, 2024e) allows them in a DERIVED image
+("Required if Image Type Value 1 is ORIGINAL or MIXED. May be present otherwise."); dciodvfy's
+template lacks that clause and reports them, which docs/research-profile.md lists."""
+
+
+@functools.lru_cache(maxsize=64)
+def original_only_attributes(sop_class_uid: str) -> frozenset[str]:
+    """Keywords of the top-level attributes of :data:`ORIGINAL_ONLY_MODULES` in `sop_class_uid`'s IOD,
+    less :data:`KEPT_WHEN_DERIVED`: what a DERIVED image drops.
+
+    Empty when the IOD has none of these modules, or highdicom's tables cannot be read.
+    """
+    try:
+        sop_classes = json.loads(_data("sop_class_iod_map.json"))
+        iods = json.loads(_data("iod_module_map.json"))
+        modules = json.loads(_data("module_attribute_map.json"))
+    except (OSError, ValueError):
+        return frozenset()
+    iod = sop_classes.get(sop_class_uid.strip(" \x00"))
+    keys = {module["key"] for module in iods.get(iod, [])} & set(ORIGINAL_ONLY_MODULES)
+    keywords = {
+        attribute["keyword"] for key in keys for attribute in modules.get(key, []) if not attribute["path"]
+    }
+    return frozenset(keywords - KEPT_WHEN_DERIVED)

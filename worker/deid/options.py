@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from worker.deid.lookup import PatientIdLookup
 
 if TYPE_CHECKING:
-    from pediface.settings import DeidSettings
+    from config.sections import DeidSettings
 
 
 class DeidOption(StrEnum):
@@ -33,6 +33,19 @@ class DeidOption(StrEnum):
     CLEAN_STRUCTURED_CONTENT = "Clean Structured Content"
     CLEAN_GRAPHICS = "Clean Graphics"
     CLEAN_PIXEL_DATA = "Clean Pixel Data"
+
+
+class DeidProfile(StrEnum):
+    """What the engine does besides the selected options (``deid.profile``).
+
+    ``basic`` is PS3.15's Basic Application Level Confidentiality Profile with the options the
+    site selects. ``research`` is the Basic profile with :data:`RESEARCH_OPTIONS` and, beyond
+    Table E.3.10-1, the vendors' private acquisition physics (:mod:`worker.deid.private`): what a
+    research archive converting to NIfTI and BIDS needs, see docs/research-profile.md.
+    """
+
+    BASIC = "basic"
+    RESEARCH = "research"
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,18 @@ UNSUPPORTED_OPTIONS: dict[DeidOption, str] = {
     # Finding and removing text burned into the pixels (OCR); until then, images that may carry
     # it (BurnedInAnnotation YES, secondary capture, screen saves) are refused, not forwarded.
     DeidOption.CLEAN_PIXEL_DATA: "removing identifying text burned into the pixel data",
+}
+
+#: The options the research profile selects, and why (docs/research-profile.md says more):
+RESEARCH_OPTIONS: dict[DeidOption, str] = {
+    DeidOption.RETAIN_SAFE_PRIVATE: "the vendor attributes that analysis reads (slice timing, b-values, "
+    "echo spacing, mosaic layout); the research profile extends it to the acquisition physics",
+    DeidOption.CLEAN_DESCRIPTORS: "series, study and protocol descriptions name the scan (t1_mprage_sag, "
+    "ep2d_bold): BIDS converters name runs after them, so they are cleaned of what identifies, not blanked",
+    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: "dates shifted by a keyed per-patient offset: the "
+    "intervals between sessions of a longitudinal study stay, the calendar dates go",
+    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: "age, sex, size and weight: age at scan is the key "
+    "covariate of paediatric neuroimaging, and weight and size enter SAR and normative models",
 }
 
 _PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_]{1,16}")
@@ -138,6 +163,9 @@ class DeidPolicy:
     require_lookup : bool
         Refuse (quarantine) an instance whose PatientID is not in `patient_id_lookup`, instead of
         falling back to the keyed pseudonym.
+    profile : DeidProfile
+        ``basic``, or ``research``: :data:`RESEARCH_OPTIONS` are added to `options`, and the
+        vendors' private acquisition physics is kept (:mod:`worker.deid.private`).
 
     Raises
     ------
@@ -153,10 +181,21 @@ class DeidPolicy:
     patient_id_prefix: str = "PF"
     patient_id_lookup: PatientIdLookup | None = None
     require_lookup: bool = False
+    profile: DeidProfile = DeidProfile.BASIC
 
     def __post_init__(self) -> None:
-        # Normalise through the enum at once so that the object is valid when built.
+        # Normalise through the enums at once so that the object is valid when built.
+        try:
+            profile = DeidProfile(str(self.profile).strip().lower())
+        except ValueError:
+            known = ", ".join(repr(p.value) for p in DeidProfile)
+            raise ValueError(
+                f"unknown de-identification profile {self.profile!r}; known profiles: {known}"
+            ) from None
+        object.__setattr__(self, "profile", profile)
         options = frozenset(parse_option(option) for option in self.options)
+        if profile is DeidProfile.RESEARCH:
+            options = options | frozenset(RESEARCH_OPTIONS)
         object.__setattr__(self, "options", options)
         unsupported = [option for option in DeidOption if option in options & UNSUPPORTED_OPTIONS.keys()]
         if unsupported:
@@ -213,14 +252,24 @@ class DeidPolicy:
             options=frozenset(parse_option(name) for name in names), patient_id_prefix=patient_id_prefix
         )
 
+    @property
+    def research(self) -> bool:
+        """Whether the research profile keeps the vendors' private acquisition physics."""
+        return self.profile is DeidProfile.RESEARCH
+
     @classmethod
-    def from_settings(cls, deid: DeidSettings) -> DeidPolicy:
+    def from_settings(
+        cls, deid: DeidSettings, *, options: Iterable[str] | None = None, profile: str | None = None
+    ) -> DeidPolicy:
         """The policy the ``deid`` settings section describes, reading its lookup table if any.
 
         Parameters
         ----------
         deid : DeidSettings
             The ``deid`` section of the settings.
+        options, profile
+            A destination's own options and profile, replacing ``deid.options`` and
+            ``deid.profile`` when given.
 
         Returns
         -------
@@ -233,16 +282,16 @@ class DeidPolicy:
             If an option is unknown or unsupported, or the lookup table cannot be read or has a
             bad row (the message never quotes a patient ID).
         """
-        if isinstance(deid.options, str):
-            raise TypeError(
-                f"deid.options must be a list of option names, not a single string {deid.options!r}"
-            )
+        names = deid.options if options is None else options
+        if isinstance(names, str):
+            raise TypeError(f"deid.options must be a list of option names, not a single string {names!r}")
         lookup = PatientIdLookup.from_csv(deid.patient_id_lookup) if deid.patient_id_lookup else None
         return cls(
-            options=frozenset(parse_option(name) for name in deid.options),
+            options=frozenset(parse_option(name) for name in names),
             patient_id_prefix=deid.patient_id_prefix,
             patient_id_lookup=lookup,
             require_lookup=deid.require_lookup,
+            profile=DeidProfile(profile or deid.profile),
         )
 
     def ordered_options(self) -> tuple[DeidOption, ...]:

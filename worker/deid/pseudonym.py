@@ -13,6 +13,7 @@ The key must therefore be secret and long: at least :data:`MIN_KEY_BYTES` bytes.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 
@@ -118,8 +119,14 @@ def pseudonymise(value: str, key: bytes, prefix: str = "PF") -> str:
     cleaned = value.strip()
     if not cleaned:
         raise ValueError("cannot pseudonymise an empty identifier")
+    return f"{prefix}-{_pseudonym_code(cleaned, bytes(key))}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _pseudonym_code(cleaned: str, key: bytes) -> str:
+    # Every instance of a series names the same patient, often twice (nested references too).
     code = base64.b32encode(_digest(key, _PATIENT_DOMAIN + cleaned.encode("utf-8"))).decode("ascii")
-    return f"{prefix}-{code[:12]}"
+    return code[:12]
 
 
 def date_shift_days(patient: str, key: bytes) -> int:
