@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from config.settings import Settings
 from worker.deface.base import FaceMasker
 
 
@@ -69,4 +70,48 @@ def load_masker(kind: str, model_dir: Path, **options: Any) -> FaceMasker:
     return loader(Path(model_dir), **options)
 
 
-__all__ = ["MASKER_KINDS", "FaceMasker", "load_masker"]
+#: Model folders shipped with pediface, by masker kind (``models/`` at the top of the source tree).
+MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
+SHIPPED_MODELS = {"template": "template-pydeface", "nnunet": "nnunet-face"}
+
+
+def model_dir_of(settings: Settings) -> Path:
+    """The configured model folder, else the shipped one of the configured kind."""
+    deface = settings.deface
+    return Path(deface.model_dir or MODELS_ROOT / SHIPPED_MODELS[deface.masker.value])
+
+
+def build_masker(settings: Settings) -> FaceMasker:
+    """The configured face masker (slow: once per worker process)."""
+    deface = settings.deface
+    options: dict[str, Any] = {"margin_mm": deface.margin_mm, "threads": deface.threads}
+    if deface.masker.value == "nnunet":
+        options["precision"] = deface.cpu_precision.value
+    return load_masker(deface.masker.value, model_dir_of(settings), **options)
+
+
+def check_masker(settings: Settings) -> None:
+    """Check the configured model folder without loading it (raises ``ValueError``).
+
+    The worker's main process calls this at start; each pool process then builds its own masker
+    (``worker.app``). torch must not run in a process that later forks: its
+    OpenMP thread pool does not survive a fork, and the forked child hangs on its first prediction.
+    """
+    if settings.deface.masker.value == "nnunet":
+        from worker.deface.nnunet_backend import verify_nnunet_dir
+
+        verify_nnunet_dir(model_dir_of(settings))
+    else:
+        build_masker(settings)  # no torch: cheap, and checks more than the checksums
+
+
+__all__ = [
+    "MASKER_KINDS",
+    "MODELS_ROOT",
+    "SHIPPED_MODELS",
+    "FaceMasker",
+    "build_masker",
+    "check_masker",
+    "load_masker",
+    "model_dir_of",
+]

@@ -1,14 +1,19 @@
-"""Face and ear masking with a small nnU-Net v2 model (the project's own, in ``models/nnunet-face``).
+"""Face and ear masking with an nnU-Net v2 model: pediface's own (``models/nnunet-face``) or an imported one.
 
-The volume is binned and resampled onto an LPS-aligned grid at the model's
-spacing (4 mm), segmented by one :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor`
-(built once; mirroring only left-right, the last array axis of an LPS grid),
-and the labels are carried back onto the volume's grid with nearest neighbour
-and dilated by a safety margin in millimetres. Guard rails turn a result the
-model cannot vouch for into :class:`~pediface.errors.MaskingError`.
+The volume is binned and resampled onto a grid at the model's spacing (4 mm isotropic for pediface's
+model; any spacing, in nnU-Net's transposed axis order, for an imported one) whose voxel axes run the way
+the model's training images ran (``orientation`` in ``pediface-model.json``, LPS by default), segmented
+by one :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor` (built once; test-time mirroring
+only left-right, and only if the model allows it), and the face and ear labels (found by name in
+``dataset.json``; any other label is ignored) are carried back onto the volume's grid with nearest
+neighbour and dilated by a safety margin in millimetres. nnU-Net itself never resamples: the grid is
+already at its spacing. Guard rails, measured in millimetres of patient space, turn a result the model
+cannot vouch for into :class:`~common.errors.MaskingError`.
 
-This is the only module that imports torch or nnunetv2, and it does so when a
-masker is built, never at import time.
+The network runs behind a small seam, :class:`~worker.deface.nnunet_backend.NnUNetBackend`
+(``predict(array, spacing) -> labels``), chosen when the masker is built
+(:func:`~worker.deface.nnunet_backend.load_backend`): nnU-Net's own predictor on torch, or the model's
+ONNX export on CPU. This module imports neither torch nor nnunetv2.
 """
 
 from __future__ import annotations
@@ -21,33 +26,22 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from pediface.errors import MaskingError
-from worker.deface.base import checked_image, dilate_mm, verify_model_dir
+from common.errors import MaskingError
+from common.logs import get_logger
+from worker.deface.base import checked_volume, dilate_mm
+from worker.deface.model_meta import ModelMeta, orientation_direction
+from worker.deface.nnunet_backend import TorchBackend, load_backend, verify_nnunet_dir
+from worker.deface.outer_layer import SHELL_GRID_MM, head_mask, outer_shell, whole_voxels_inside
 from worker.deface.template import _intensity_window, _normalised, _otsu
-from worker.qc import head_threshold, lps_reference
+from worker.grid import (
+    Geometry,
+    binned,
+    carry_labels,
+    field_of_view,
+    grid_reference,
+    reach_box,
+)
 from worker.types import FaceLabel, FaceMask, Volume
-
-MIRROR_AXES = (2,)
-"""Test-time mirroring: left-right only (x is the last axis of an LPS (z, y, x) grid)."""
-
-REQUIRED = ("dataset.json", "plans.json")
-
-MIN_FACE_ML = 50.0
-"""Smallest plausible face label (4 mm grid, before dilation), in millilitres; less is "no face".
-
-Calibration (shipped model, margin 0): real heads 205 ml (Seg3D, field of view cut at the
-nose) to 570 ml; eight synthetic newborn-to-toddler heads (scale 0.59-0.74 of the held-out
-IXI head) 54 to 192 ml; the skull-stripped children (negative controls) 14 and 45 ml.
-The gap between 45 and 54 is too narrow to trust: a real newborn may be quarantined (fail
-closed), and a retrained model must be recalibrated (and should see skull-stripped brains
-as negatives in training).
-"""
-
-HEAD_FRACTION_RANGE = (0.01, 0.35)
-"""Plausible share of the head's voxels (4 mm grid) covered by face and ears before dilation.
-
-Teacher labels cover 5 % (Seg3D) to 17 % of the head (within 4 mm of head tissue).
-"""
 
 MIN_CENTRE_RATIO = 0.4
 """Least distance from the head's centre of mass to any face voxel, in head radii.
@@ -74,9 +68,6 @@ under the scalp beside it (less in infants). Without this limit the dilated ear 
 4 mm model reached the registered atlas brain on three of three heads (240 to 27,624 voxels).
 """
 
-SHELL_GRID_MM = 2.0
-"""Spacing of the grid on which the dilated ears are finally cut to :data:`EAR_SHELL_MM`."""
-
 MIN_COMPONENT_ML = 1.0
 """Predicted specks smaller than this (not the largest piece of their label) are dropped.
 
@@ -85,44 +76,61 @@ this small cannot carry a face, and left in place it would trip the centre check
 (quarantine) or blank brain.
 """
 
-def verify_nnunet_dir(model_dir: Path, fold: int | str, checkpoint: str) -> dict[str, str]:
-    """Check the folder's ``SHA256SUMS``; the plans, dataset and the fold's checkpoint must be listed."""
-    return verify_model_dir(model_dir, (*REQUIRED, f"fold_{fold}/{checkpoint}"))
+log = get_logger("pediface.worker.nnunet")
 
 
 class NnUNetMasker:
-    """Face (label 1) and ears (label 2) from an nnU-Net v2 model folder.
+    """Face and ears from an nnU-Net v2 model folder, as :class:`FaceLabel` values on the volume's grid.
 
     Parameters
     ----------
     model_dir : Path
-        dataset.json, plans.json, ``fold_<fold>/<checkpoint>`` and SHA256SUMS.
+        dataset.json (with a ``face`` label, ``ears`` optional), plans.json, ``fold_<fold>/<checkpoint>``,
+        SHA256SUMS and, for an imported model, pediface-model.json (:mod:`worker.deface.model_meta`).
     margin_mm : float
         Safety margin added around each predicted region, in millimetres.
+    ear_margin_mm : float, optional
+        Margin of the ear label instead of ``margin_mm`` (None: the same). A wider one grows the
+        predicted auricle along the side of the head; it is still cut to ``ear_shell_mm``.
+    ear_shell_mm : float
+        How deep under the skin ear voxels may be blanked (:data:`EAR_SHELL_MM`).
     threads : int, optional
         torch and SimpleITK threads (process-wide for torch); default: leave as they are.
     device : str
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+    backend : str
+        ``"auto"`` (:func:`load_backend`: torch on CUDA, else the folder's ONNX export, else torch on
+        CPU), ``"onnx"`` or ``"torch"``.
+    precision : str
+        The ONNX backend's arithmetic: ``"auto"`` (bfloat16 where the CPU has it natively, else
+        float32), ``"float32"`` or ``"bfloat16"``. The torch backend ignores it (CUDA runs nnU-Net's
+        own mixed precision).
+    runtime : str
+        The ONNX backend's runtime: ``"auto"`` (OpenVINO if installed, else ONNX Runtime),
+        ``"openvino"`` or ``"onnxruntime"``.
     fold, checkpoint
-        Which trained network in the folder to load.
+        Which trained network(s) in the folder to load; ``fold`` None: those the model description names.
 
     Raises
     ------
     ValueError
-        If the folder fails its checksum check or an argument is invalid.
+        If the folder fails its checksum check, has no face label, or an argument is invalid.
     """
-
-    name = "nnunet-face"
 
     def __init__(
         self,
         model_dir: Path,
         *,
         margin_mm: float = 4.0,
+        ear_margin_mm: float | None = None,
+        ear_shell_mm: float = EAR_SHELL_MM,
         threads: int | None = None,
         device: str = "auto",
-        fold: int = 0,
+        fold: int | str | None = None,
         checkpoint: str = "checkpoint_final.pth",
+        backend: str = "auto",
+        precision: str = "auto",
+        runtime: str = "auto",
     ) -> None:
         if margin_mm < 0:
             raise ValueError(f"margin_mm must be >= 0, got {margin_mm}")
@@ -132,42 +140,70 @@ class NnUNetMasker:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.model_dir = Path(model_dir)
         self.margin_mm = float(margin_mm)
-        self.threads = threads
-        self.checksums = verify_nnunet_dir(self.model_dir, fold, checkpoint)
-
-        import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        if threads is not None:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
-        self.device = device
-        self._predictor = nnUNetPredictor(
-            tile_step_size=0.5,
-            use_gaussian=True,
-            use_mirroring=True,
-            perform_everything_on_device=device == "cuda",
-            device=torch.device(device),
-            verbose=False,
-            verbose_preprocessing=False,
-            allow_tqdm=False,
-        )
-        self._predictor.initialize_from_trained_model_folder(
-            str(self.model_dir), use_folds=(fold,), checkpoint_name=checkpoint
-        )
-        self._predictor.allowed_mirroring_axes = MIRROR_AXES
-        spacing = self._predictor.configuration_manager.spacing
-        if len(set(float(s) for s in spacing)) != 1:
+        self.ear_margin_mm = self.margin_mm if ear_margin_mm is None else float(ear_margin_mm)
+        self.ear_shell_mm = float(ear_shell_mm)
+        if self.ear_margin_mm < 0 or self.ear_shell_mm < 0:
             raise ValueError(
-                f"model spacing {spacing} is not isotropic; this masker needs an isotropic model"
+                f"ear_margin_mm and ear_shell_mm must be >= 0, got {ear_margin_mm}, {ear_shell_mm}"
             )
-        self.spacing_mm = float(spacing[0])
-        plans = json.loads((self.model_dir / "plans.json").read_text())
+        self.threads = threads
+        self.meta = ModelMeta.read(self.model_dir)
+        folds = self.meta.folds if fold is None else (str(fold),)
+        self.checksums = verify_nnunet_dir(self.model_dir, folds, checkpoint)
+        self.name = self.meta.name
         self.labels = json.loads((self.model_dir / "dataset.json").read_text())["labels"]
+        self._face, self._ears = _face_and_ears(self.labels)
+
+        self._backend = load_backend(
+            self.model_dir,
+            self.checksums,
+            folds=folds,
+            checkpoint=checkpoint,
+            device=device,
+            threads=threads,
+            backend=backend,
+            precision=precision,
+            runtime=runtime,
+        )
+        self.device = self._backend.device
+        self.backend = self._backend.describe()
+        self._set_grid()
+        plans = json.loads((self.model_dir / "plans.json").read_text())
         self.plans_name = str(plans.get("plans_name", ""))
+
+    def _set_grid(self) -> None:
+        """The model's grid: spacing per array axis, voxel axes, and left-right test-time mirroring.
+
+        nnU-Net transposes an input by ``transpose_forward`` and then expects the configuration's spacing;
+        giving it arrays whose axis ``j`` has spacing ``spacing[transpose_backward[j]]`` means it never
+        resamples (and the network sees the axes it was trained on).
+        """
+        forward = list(self._backend.transpose_forward)
+        backward = list(self._backend.transpose_backward)
+        spacing = list(self._backend.spacing)
+        self.spacing_zyx = tuple(spacing[backward[j]] for j in range(3))
+        self.spacing_xyz = self.spacing_zyx[::-1]
+        self.direction = orientation_direction(self.meta.orientation)
+        # left-right: the index axis (i, j, k) whose letter is L or R, as an array axis (k, j, i), then as
+        # an axis of nnU-Net's transposed input
+        index_axis = next(i for i, c in enumerate(self.meta.orientation.upper()) if c in "LR")
+        network_axis = forward.index(2 - index_axis)
+        allowed = self._backend.allowed_mirroring_axes
+        # Mirrored only if the model was trained mirrored on that axis: else it is not averaged over.
+        self._backend.mirror((network_axis,) if allowed is not None and network_axis in allowed else None)
+
+    @property
+    def _predictor(self) -> Any:
+        """nnU-Net's ``nnUNetPredictor`` when the torch backend runs the model (CUDA, imported models);
+        an :class:`AttributeError` when the ONNX backend does."""
+        if not isinstance(self._backend, TorchBackend):
+            raise AttributeError(f"the {self.backend} backend has no nnUNetPredictor")
+        return self._backend._predictor  # noqa: SLF001 - the network the masker runs
+
+    @property
+    def spacing_mm(self) -> float:
+        """The model grid's finest spacing (its only one for pediface's isotropic model)."""
+        return min(self.spacing_zyx)
 
     # -- public -----------------------------------------------------------------
 
@@ -183,42 +219,64 @@ class NnUNetMasker:
         """
         started = time.perf_counter()
         array = volume.array
-        image = checked_image(volume)
-        small = self._to_model_grid(image)
+        checked_volume(volume)
+        image = Geometry.of(volume)  # the volume's grid, without a float copy of its voxels
+        small = self._to_model_grid(array, image)
         small_array = sitk.GetArrayFromImage(small)
         low, high = _intensity_window(small_array)
         try:
-            labels_small = self._predictor.predict_single_npy_array(
-                small_array[None].astype(np.float32), {"spacing": [self.spacing_mm] * 3}, None, None, False
-            )
-        except RuntimeError as error:  # torch failures: out of memory, bad shapes
+            predicted = self._backend.predict(small_array.astype(np.float32), self.spacing_zyx)
+        except RuntimeError as error:  # torch or runtime failures: out of memory, bad shapes
             raise MaskingError(f"nnU-Net prediction failed: {error}", code="mask.model") from error
-        labels_small = np.asarray(labels_small, dtype=np.uint8)
-        details: dict[str, float | str] = {"device": self.device, "margin_mm": self.margin_mm}
+        labels_small = np.zeros(
+            predicted.shape, dtype=np.uint8
+        )  # labels other than face and ears: background
+        labels_small[predicted == self._face] = FaceLabel.FACE
+        if self._ears is not None:
+            labels_small[predicted == self._ears] = FaceLabel.EARS
+        details: dict[str, float | str] = {
+            "device": self.device,
+            "backend": self.backend,
+            "margin_mm": self.margin_mm,
+        }
+        if (self.ear_margin_mm, self.ear_shell_mm) != (self.margin_mm, EAR_SHELL_MM):
+            details["ear_margin_mm"] = self.ear_margin_mm
+            details["ear_shell_mm"] = self.ear_shell_mm
         labels_small, dropped = self._without_specks(labels_small)
         details["dropped_ml"] = round(dropped, 2)
         normalised = _normalised(small, low, high)
         head = sitk.GetArrayFromImage(normalised) > _otsu(normalised)
-        self._check(labels_small, head, details)
-        shell = outer_shell(head, self.spacing_mm, fov=self._field_of_view(image, small))
+        self._check(labels_small, head, small, details)
+        shell = outer_shell(head, self.spacing_zyx, self.ear_shell_mm, fov=field_of_view(image, small))
         labels_small[(labels_small == FaceLabel.EARS) & ~shell] = FaceLabel.BACKGROUND
 
-        on_grid = self._on_volume_grid(labels_small, small, image)
+        # Only the box of the volume's grid the labels and their margin can reach is worked on: a
+        # 0.5 mm series has tens of millions of voxels, its face and ears a fraction of them.
+        reach = max(self.margin_mm, self.ear_margin_mm)
+        box = reach_box(image, small, labels_small != FaceLabel.BACKGROUND, reach)
+        on_grid = carry_labels(labels_small, small, image, box)
         face = self._dilated(on_grid == FaceLabel.FACE, image.GetSpacing())
-        shell_on_grid = self._on_volume_grid(shell.astype(np.uint8), small, image) > 0
-        ears = self._dilated(on_grid == FaceLabel.EARS, image.GetSpacing()) & shell_on_grid & ~face
+        ears = on_grid == FaceLabel.EARS
+        ears = dilate_mm(ears, image.GetSpacing(), self.ear_margin_mm, self.threads)
+        ears &= ~face
         if ears.any():
-            # The 4 mm shell is too coarse to stop the dilated ears short of the brain: cut them to
-            # the same depth on a finer grid, carried back to the volume's grid.
-            # The skin threshold of the QC renders (below Otsu's): dim skin far from the coil is
-            # head, so depths count from the real surface.
-            fine = self._to_model_grid(image, SHELL_GRID_MM)
-            fine_head = sitk.GetArrayFromImage(fine) > head_threshold(array)
-            fine_shell = outer_shell(fine_head, SHELL_GRID_MM, fov=self._field_of_view(image, fine))
-            ears &= self._on_volume_grid(fine_shell.astype(np.uint8), fine, image) > 0
+            # The model grid's shell (one 4 mm voxel deep) only drops predicted ear voxels deep in the
+            # head; the dilated ears are cut to the layer on a finer grid, carried back to the volume's
+            # grid. (Cut by both, the layer was thinner than its depth where the coarse voxels fell.)
+            # The head as the teacher labels see it (training.teacher, the same 2 mm grid spacing):
+            # holes filled slice by slice, so the ear canal, the mastoid's dark bone and, at a flat
+            # cut of the image, the dark gap under the scalp are not outside air, and the layer
+            # here is the layer the teacher's ear label and temporalis region are measured from.
+            fine = self._to_model_grid(array, image, (SHELL_GRID_MM,) * 3, np.eye(3))
+            fine_head = head_mask(sitk.GetArrayFromImage(fine))
+            fine_shell = outer_shell(
+                fine_head, SHELL_GRID_MM, self.ear_shell_mm, fov=field_of_view(image, fine)
+            )
+            ears &= carry_labels(whole_voxels_inside(fine_shell, image), fine, image, box) > 0
         if not face.any():
             raise MaskingError("the predicted face does not overlap the volume's grid", code="mask.empty")
-        out = face.astype(np.uint8) * np.uint8(FaceLabel.FACE) + ears.astype(np.uint8) * np.uint8(
+        out = np.zeros(volume.shape, dtype=np.uint8)
+        out[box] = face.astype(np.uint8) * np.uint8(FaceLabel.FACE) + ears.astype(np.uint8) * np.uint8(
             FaceLabel.EARS
         )
         details["seconds"] = round(time.perf_counter() - started, 2)
@@ -226,53 +284,39 @@ class NnUNetMasker:
 
     # -- steps ------------------------------------------------------------------
 
-    def _on_volume_grid(self, array: np.ndarray, small: sitk.Image, image: sitk.Image) -> np.ndarray:
-        """A label array of the model grid carried onto the volume's grid (nearest neighbour)."""
-        label_image = sitk.GetImageFromArray(array)
-        label_image.CopyInformation(small)
-        return sitk.GetArrayFromImage(self._resample(label_image, image, sitk.sitkNearestNeighbor))
-
-    def _field_of_view(self, image: sitk.Image, grid: sitk.Image) -> np.ndarray:
-        """Which voxels of ``grid`` lie inside the imaged volume."""
-        ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-        ones.CopyInformation(image)
-        return sitk.GetArrayFromImage(self._resample(ones, grid, sitk.sitkNearestNeighbor)) > 0
-
     def _filter(self, image_filter: Any) -> Any:
         if self.threads is not None:
             image_filter.SetNumberOfThreads(self.threads)
         return image_filter
 
-    def _resample(self, image: sitk.Image, reference: sitk.Image, interpolator: int) -> sitk.Image:
-        resampler = self._filter(sitk.ResampleImageFilter())
-        resampler.SetReferenceImage(reference)
-        resampler.SetTransform(sitk.Transform())
-        resampler.SetInterpolator(interpolator)
-        resampler.SetDefaultPixelValue(0)
-        resampler.SetOutputPixelType(image.GetPixelID())
-        return resampler.Execute(image)
-
-    def _to_model_grid(self, image: sitk.Image, spacing_mm: float | None = None) -> sitk.Image:
-        """Bin (block average: anti-aliased and fast) towards the model spacing (or ``spacing_mm``), then
-        resample onto an identity-direction (LPS) grid at that spacing covering the volume."""
-        spacing_mm = spacing_mm or self.spacing_mm
-        factors = [max(1, int(spacing_mm / s)) for s in image.GetSpacing()]
-        shrink = self._filter(sitk.BinShrinkImageFilter())
-        shrink.SetShrinkFactors(factors)
-        binned = shrink.Execute(image)
-        reference = lps_reference(image, spacing_mm)
+    def _to_model_grid(
+        self,
+        array: np.ndarray,
+        image: Geometry,
+        spacing_xyz: tuple[float, ...] | None = None,
+        direction: np.ndarray | None = None,
+    ) -> sitk.Image:
+        """Bin (block average: anti-aliased and fast) towards the model's finest spacing, then resample onto
+        the model's grid (or one of ``spacing_xyz`` and ``direction``) covering the volume."""
+        spacing_xyz = spacing_xyz or self.spacing_xyz
+        direction = self.direction if direction is None else direction
+        small = binned(array, image, [max(1, int(min(spacing_xyz) / s)) for s in image.GetSpacing()])
+        reference = grid_reference(image, tuple(spacing_xyz), direction)  # type: ignore[arg-type]
         # Outside the volume is "no data": fill it with the volume's background level.
-        background = float(np.percentile(sitk.GetArrayViewFromImage(binned), 1.0))
+        background = float(np.percentile(sitk.GetArrayViewFromImage(small), 1.0))
         resampler = self._filter(sitk.ResampleImageFilter())
         resampler.SetReferenceImage(reference)
         resampler.SetInterpolator(sitk.sitkLinear)
         resampler.SetDefaultPixelValue(background)
         resampler.SetOutputPixelType(sitk.sitkFloat32)
-        return resampler.Execute(binned)
+        return resampler.Execute(small)
+
+    def _voxel_ml(self) -> float:
+        return float(np.prod(self.spacing_zyx)) / 1000.0
 
     def _without_specks(self, labels: np.ndarray) -> tuple[np.ndarray, float]:
         """``labels`` without components under :data:`MIN_COMPONENT_ML` (each label keeps its largest)."""
-        voxel_ml = self.spacing_mm**3 / 1000.0
+        voxel_ml = self._voxel_ml()
         out = labels.copy()
         dropped = 0
         for value in (FaceLabel.FACE, FaceLabel.EARS):
@@ -287,34 +331,38 @@ class NnUNetMasker:
                     dropped += int(sizes[index])
         return out, dropped * voxel_ml
 
-    def _check(self, labels: np.ndarray, head: np.ndarray, details: dict[str, float | str]) -> None:
-        voxel_ml = self.spacing_mm**3 / 1000.0
+    def _check(
+        self, labels: np.ndarray, head: np.ndarray, grid: sitk.Image, details: dict[str, float | str]
+    ) -> None:
+        """The guard rails, in millimetres of LPS patient space (the grid may be anisotropic or turned)."""
+        voxel_ml = self._voxel_ml()
         face = labels == FaceLabel.FACE
         face_ml = float(np.count_nonzero(face)) * voxel_ml
         details["face_ml"] = round(face_ml, 1)
         details["ears_ml"] = round(float(np.count_nonzero(labels == FaceLabel.EARS)) * voxel_ml, 1)
-        if face_ml < MIN_FACE_ML:
+        min_face_ml, (low, high) = self.meta.min_face_ml, self.meta.head_fraction
+        if face_ml < min_face_ml:
             raise MaskingError(
-                f"no face found ({face_ml:.1f} ml predicted, need {MIN_FACE_ML:.0f} ml): face outside the "
+                f"no face found ({face_ml:.1f} ml predicted, need {min_face_ml:.0f} ml): face outside the "
                 "field of view, already defaced, skull-stripped, or not a head",
                 code="mask.no_face",
+                details={**details, "min_face_ml": min_face_ml},
             )
         head_voxels = int(np.count_nonzero(head))
         if head_voxels == 0:
             raise MaskingError("no head tissue found in the volume", code="mask.input")
         fraction = int(np.count_nonzero((labels != FaceLabel.BACKGROUND) & head)) / head_voxels
         details["head_fraction"] = round(fraction, 4)
-        if not HEAD_FRACTION_RANGE[0] <= fraction <= HEAD_FRACTION_RANGE[1]:
+        if not low <= fraction <= high:
             raise MaskingError(
                 f"the predicted face and ears cover {fraction:.1%} of the head, outside the plausible "
-                f"{HEAD_FRACTION_RANGE[0]:.0%} to {HEAD_FRACTION_RANGE[1]:.0%}",
+                f"{low:.0%} to {high:.0%}",
                 code="mask.implausible",
             )
-        centre = np.array([c.mean() for c in np.nonzero(head)])
-        radius = (3.0 * head_voxels / (4.0 * np.pi)) ** (1.0 / 3.0)
-        points = np.argwhere(face)
-        distances = np.linalg.norm(points - centre, axis=1)
-        ratio = float(distances.min()) / radius
+        centre = _physical(grid, np.argwhere(head)).mean(axis=0)
+        radius_mm = (3.0 * head_voxels * voxel_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        points = _physical(grid, np.argwhere(face))
+        ratio = float(np.linalg.norm(points - centre, axis=1).min()) / radius_mm
         details["centre_ratio"] = round(ratio, 3)
         if ratio < MIN_CENTRE_RATIO:
             raise MaskingError(
@@ -322,10 +370,10 @@ class NnUNetMasker:
                 f"(at least {MIN_CENTRE_RATIO} expected): it would cut into the brain",
                 code="mask.implausible",
             )
-        # LPS grid: array axis 1 is y, which grows towards the back of the head.
-        anterior_mm = float(centre[1] - points[:, 1].mean()) * self.spacing_mm
+        # LPS: y grows towards the back of the head.
+        anterior_mm = float(centre[1] - points[:, 1].mean())
         details["face_anterior_mm"] = round(anterior_mm, 1)
-        posterior_mm = float(points[:, 1].max() - centre[1]) * self.spacing_mm
+        posterior_mm = float(points[:, 1].max() - centre[1])
         details["face_posterior_mm"] = round(posterior_mm, 1)
         if posterior_mm > MAX_POSTERIOR_MM:
             raise MaskingError(
@@ -345,26 +393,19 @@ class NnUNetMasker:
         return dilate_mm(region, spacing_xyz, self.margin_mm, self.threads)
 
 
-def outer_shell(
-    head: np.ndarray, spacing_mm: float, shell_mm: float = EAR_SHELL_MM, fov: np.ndarray | None = None
-) -> np.ndarray:
-    """The air outside the head, and the head voxels within ``shell_mm`` of it.
+def _face_and_ears(labels: dict) -> tuple[int, int | None]:
+    """The face's and the ears' values in a model's ``dataset.json`` labels (found by name)."""
+    if any(isinstance(v, list | tuple) for v in labels.values()):
+        raise ValueError("region-based model (overlapping labels): not a face and ear label map")
+    by_name = {str(k).lower(): int(v) for k, v in labels.items()}
+    if "face" not in by_name:
+        raise ValueError(f"the model has no label named 'face' (labels: {sorted(labels)})")
+    ears = by_name.get("ears", by_name.get("ear"))
+    return by_name["face"], ears
 
-    Air is below-threshold space connected to the edge of what was imaged (the grid's border, or
-    ``fov``'s edge when the grid reaches beyond the volume). Dark tissue inside the head (bone,
-    CSF) is not air, so the brain under a dark skull stays deep; and beyond the field of view is
-    not air either, so a head cut by the field of view (ears outside it) is not skin at the cut.
-    """
-    from scipy import ndimage as ndi
 
-    known = np.ones_like(head, dtype=bool) if fov is None else fov.astype(bool)
-    components, _ = ndi.label(~head & known)
-    edge = np.zeros_like(head, dtype=bool)
-    for axis in range(head.ndim):
-        for index in (0, -1):
-            edge[(slice(None),) * axis + (index,)] = True
-    edge |= ndi.binary_dilation(~known)
-    outside_labels = np.unique(components[edge & (components > 0)])
-    outside = np.isin(components, outside_labels)
-    depth = ndi.distance_transform_edt(~outside) * spacing_mm
-    return (outside | (depth <= shell_mm)) & known
+def _physical(grid: sitk.Image, indices_zyx: np.ndarray) -> np.ndarray:
+    """LPS millimetres of voxel indices (``[z, y, x]`` rows) of ``grid``."""
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)
+    scaled = indices_zyx[:, ::-1].astype(np.float64) * np.asarray(grid.GetSpacing())
+    return np.asarray(grid.GetOrigin()) + scaled @ direction.T

@@ -4,7 +4,7 @@ The template head is registered to the volume (affine, Mattes mutual
 information, on ~3 mm copies of both), and the template's face region is
 carried onto the volume's grid and dilated by a safety margin. The guard rails
 below turn every result this method cannot vouch for into a
-:class:`~pediface.errors.MaskingError`; their thresholds were calibrated on the
+:class:`~common.errors.MaskingError`; their thresholds were calibrated on the
 real heads in ``../shared/data`` (see ``models/template-pydeface/MODEL_CARD.md``).
 """
 
@@ -22,7 +22,7 @@ from typing import TypeVar
 import numpy as np
 import SimpleITK as sitk
 
-from pediface.errors import MaskingError
+from common.errors import MaskingError
 from worker.deface.base import checked_image, dilate_mm, verify_model_dir
 from worker.types import FaceLabel, FaceMask, Volume
 
