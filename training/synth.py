@@ -1,0 +1,212 @@
+"""Synthetic training pairs from label maps (SynthSeg-style), for the face-and-ear model.
+
+Input: one teacher head on its 2 mm LPS grid (``tissue``: 0 air, 1-4 intensity
+clusters outside the atlas brain, 5-8 inside; ``labels``: 0 / 1 face / 2 ears).
+Output: an image and its labels on a 4 mm grid, after, in this order:
+
+* a random spatial map (labels follow the anatomy exactly, nearest neighbour):
+  head scale 0.55-1.15 with +-8 % per-axis jitter, child-like proportions
+  (the lower-anterior face shrunk by up to 30 % relative to the cranium, more
+  for small heads), rotation up to 20 degrees per axis, a smooth elastic
+  displacement (up to ~4 mm), a random shift of the field of view;
+* random intensities per tissue class: T1-, T2-, PD-, FLAIR-like or arbitrary,
+  with within-class texture;
+* slice thickness 1-7 mm along a random axis (blur, then sample-and-hold);
+* a smooth multiplicative bias field, Gaussian or Rician-like noise, a gamma;
+* 2x2x2 block averaging to 4 mm (labels by majority of the block);
+* a field-of-view crop (cutting the top of the head, the face or the chin),
+  then, with some probability, one of the 48 axis permutations and flips of
+  the voxel grid (the labels move with the image).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from scipy import ndimage as ndi
+
+SOURCE_MM = 2.0
+WORK_MM = 2.0
+OUT_MM = 4.0
+WORK_SHAPE = (128, 128, 128)
+"""Working grid (z, y, x) at :data:`WORK_MM`: 256 mm, a whole adult head."""
+
+N_TISSUE = 9
+CONTRASTS = ("t1", "t2", "pd", "flair", "random")
+ORIENTATIONS = [
+    (perm, flips)
+    for perm in itertools.permutations(range(3))
+    for flips in itertools.product((False, True), repeat=3)
+]
+"""All 48 axis permutations and flips of a 3D voxel grid."""
+
+
+def _rotation(angles: np.ndarray) -> np.ndarray:
+    ax, ay, az = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rx @ ry @ rz
+
+
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, ...], control: int, amplitude: float
+) -> np.ndarray:
+    coarse = rng.normal(0.0, amplitude, size=(control,) * len(shape))
+    return ndi.zoom(coarse, [s / control for s in shape], order=3, mode="nearest")[
+        tuple(slice(0, s) for s in shape)
+    ]
+
+
+def class_means(rng: np.random.Generator, contrast: str) -> np.ndarray:
+    """Mean intensity (0..1) of the 9 tissue classes for one contrast."""
+    means = np.empty(N_TISSUE)
+    means[0] = rng.uniform(0.0, 0.08)  # air
+    ranks = np.arange(4)  # clusters sorted dark to bright on the source T1
+    if contrast == "random":
+        means[1:] = rng.uniform(0.05, 1.0, size=8)
+        return means
+    if contrast == "t1":
+        base = 0.15 + 0.25 * ranks
+    elif contrast == "t2":
+        base = 0.9 - 0.22 * ranks
+    elif contrast == "pd":
+        base = 0.45 + 0.12 * rng.permutation(ranks)
+    else:  # flair: dark fluid, grey/white close together, fat bright
+        base = np.array([0.1, 0.5, 0.6, 0.7])
+    for offset in (1, 5):
+        means[offset : offset + 4] = np.clip(base + rng.normal(0, 0.07, size=4), 0.02, 1.0)
+    return means
+
+
+def _to_work_coords(
+    rng: np.random.Generator, head: np.ndarray, scale_range: tuple[float, float]
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Source voxel coordinates (3, *WORK_SHAPE) for every working voxel, and the drawn parameters."""
+    centre = np.array([c.mean() for c in np.nonzero(head)]) * SOURCE_MM  # (z, y, x) mm
+    scale = rng.uniform(*scale_range)
+    per_axis = scale * rng.uniform(0.92, 1.08, size=3)
+    # Smaller heads get more child-like proportions (face shrunk relative to the cranium).
+    child = 1.0 - rng.uniform(0.0, 0.3) * np.clip((1.15 - scale) / 0.6, 0.0, 1.0)
+    angles = np.deg2rad(rng.uniform(-20, 20, size=3)) * (rng.random() < 0.8)
+    rot = _rotation(angles)
+    shift = rng.normal(0, 12.0, size=3)
+    grid = np.stack(
+        np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * WORK_MM for n in WORK_SHAPE], indexing="ij")
+    ).reshape(3, -1)  # mm about the working centre
+    grid = grid - shift[:, None]
+    src = (rot.T @ grid) / per_axis[:, None]  # mm about the head centre, in source space
+    # Child-like: source points below and in front of the centre are spread out, so
+    # that the lower face occupies less of the output relative to the cranium.
+    w = 1.0 / (1.0 + np.exp(-(-src[0] - 10.0) / 8.0)) * 1.0 / (1.0 + np.exp(-(-src[1] - 10.0) / 10.0))
+    stretch = 1.0 + (1.0 / child - 1.0) * w
+    src[0] *= stretch
+    src[1] *= stretch
+    if rng.random() < 0.7:
+        for axis in range(3):
+            src[axis] += _smooth_field(rng, WORK_SHAPE, 5, rng.uniform(0, 2.0)).reshape(-1)
+    coords = (src + centre[:, None]) / SOURCE_MM
+    params = {
+        "scale": float(scale),
+        "child_face": float(child),
+        "max_angle_deg": float(np.rad2deg(abs(angles).max())),
+    }
+    return coords.reshape(3, *WORK_SHAPE), params
+
+
+def _thick_slices(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarray, float]:
+    thickness = rng.uniform(1.0, 7.0)
+    axis = int(rng.integers(3))
+    sigma = thickness / 2.355 / WORK_MM
+    out = ndi.gaussian_filter1d(image, sigma, axis=axis) if sigma > 0.3 else image
+    step = max(1, int(round(thickness / WORK_MM)))
+    if step > 1:
+        index = (np.arange(image.shape[axis]) // step) * step + step // 2
+        index = np.clip(index, 0, image.shape[axis] - 1)
+        out = np.take(out, index, axis=axis)
+    return out, thickness
+
+
+def _block_labels(labels: np.ndarray) -> np.ndarray:
+    """Majority label of each 2x2x2 block (background wins ties only when it has 5 or more)."""
+    z, y, x = (s // 2 * 2 for s in labels.shape)
+    blocks = labels[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2)
+    counts = [(blocks == v).sum(axis=(1, 3, 5)) for v in (0, 1, 2)]
+    return np.argmax(np.stack(counts), axis=0).astype(np.uint8)
+
+
+def _crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop to the head plus a random margin; sometimes cut through the head (top, face, chin)."""
+    border = np.concatenate([image[0].ravel(), image[-1].ravel(), image[:, 0].ravel(), image[:, -1].ravel()])
+    air = float(np.median(border))
+    fg = ndi.uniform_filter(image, 3) > air + 0.25 * (float(np.percentile(image, 99)) - air)
+    if not fg.any():
+        return image, labels
+    slices = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(fg.any(axis=other))
+        lo, hi = int(present[0]), int(present[-1]) + 1
+        margin = rng.integers(0, 6, size=2)
+        slices.append([max(0, lo - int(margin[0])), min(image.shape[axis], hi + int(margin[1]))])
+    if rng.random() < 0.35:
+        axis = int(rng.integers(3))
+        lo, hi = slices[axis]
+        cut = int(rng.uniform(0.1, 0.45) * (hi - lo))
+        if rng.random() < 0.5:
+            slices[axis][0] = lo + cut
+        else:
+            slices[axis][1] = hi - cut
+    box = tuple(slice(a, b) for a, b in slices)
+    return image[box], labels[box]
+
+
+def synthesize(
+    tissue: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale_range: tuple[float, float] = (0.55, 1.15),
+    p_orientation: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float | str]]:
+    """One synthetic (image float32, labels uint8) pair on a 4 mm grid, (z, y, x), and its parameters."""
+    coords, params = _to_work_coords(rng, tissue > 0, scale_range)
+    t_work = ndi.map_coordinates(tissue, coords, order=0, mode="constant", cval=0)
+    l_work = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
+    contrast = str(rng.choice(CONTRASTS))
+    means = class_means(rng, contrast)
+    stds = rng.uniform(0.005, 0.06, size=N_TISSUE)
+    image = means[t_work] + stds[t_work] * rng.normal(size=t_work.shape)
+    image = ndi.gaussian_filter(image, rng.uniform(0.3, 1.0))
+    thickness = 0.0
+    if rng.random() < 0.6:
+        image, thickness = _thick_slices(rng, image)
+    image = image * np.exp(_smooth_field(rng, image.shape, 4, rng.uniform(0.0, 0.3)))
+    noise = rng.uniform(0.0, 0.05)
+    if rng.random() < 0.5:  # magnitude image: Rician-like
+        image = np.hypot(image + noise * rng.normal(size=image.shape), noise * rng.normal(size=image.shape))
+    else:
+        image = image + noise * rng.normal(size=image.shape)
+    image = np.clip(image, 0, None)
+    image = (image / max(float(image.max()), 1e-6)) ** np.exp(rng.normal(0, 0.25))
+    z, y, x = (s // 2 * 2 for s in image.shape)
+    image = image[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5))
+    out_labels = _block_labels(l_work)
+    image, out_labels = _crop(rng, image, out_labels)
+    orientation = "LPS"
+    if rng.random() < p_orientation:
+        perm, flips = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
+        image, out_labels = np.transpose(image, perm), np.transpose(out_labels, perm)
+        for axis, flip in enumerate(flips):
+            if flip:
+                image, out_labels = np.flip(image, axis), np.flip(out_labels, axis)
+        orientation = f"perm{perm}flip{tuple(int(f) for f in flips)}"
+    params.update(
+        contrast=contrast, thickness_mm=round(thickness, 2), noise=round(noise, 3), orientation=orientation
+    )
+    return (
+        np.ascontiguousarray(image, dtype=np.float32) * 1000.0,
+        np.ascontiguousarray(out_labels, dtype=np.uint8),
+        params,
+    )
