@@ -18,6 +18,28 @@ SHARED = REPO.parent / "shared"
 DICOM = SHARED / "data" / "dicom"
 UIH = DICOM / "dcm_qa_uih" / "uih_t1_gre_fsp_3d_sag"
 HEADS = SHARED / "data" / "heads"
+TEMPLATE_HEAD = REPO / "models" / "template-pydeface" / "pydeface_mean_reg2mean.nii.gz"
+
+
+STRICT = os.environ.get("PEDIFACE_STRICT") == "1"
+"""Set by .ci/run: a test skipped for a missing tool, service or data set fails the run instead, so that a
+broken install step cannot turn into a green run. Only :data:`ALLOWED_IN_STRICT` skips remain skips."""
+
+ALLOWED_IN_STRICT = ("no CUDA device",)
+"""Skip reasons that are facts of the machine, not of its installation (CI has no GPU)."""
+
+TOOL_PACKAGES = {
+    "storescu": "dcmtk",
+    "storescp": "dcmtk",
+    "echoscu": "dcmtk",
+    "dciodvfy": "dicom3tools",
+    "Orthanc": "orthanc",
+    "chromium": "chromium",
+    "redis-server": "redis-server",
+    "openssl": "openssl",
+    "docker-compose": "docker-compose",
+}
+"""The Debian package of each external tool the tests run (make system-deps installs them)."""
 
 
 def need_shared(path: Path = SHARED) -> Path:
@@ -28,9 +50,11 @@ def need_shared(path: Path = SHARED) -> Path:
 
 
 def need_tool(name: str) -> str:
+    """The tool's path; a skip naming the Debian package that provides it when it is not installed."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} not installed (dcmtk: apt-get install dcmtk; .ci/run installs it)")
+        package = TOOL_PACKAGES.get(name, name)
+        pytest.skip(f"{name} not installed (apt-get install {package}; make system-deps installs it)")
     return path
 
 
@@ -123,8 +147,138 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
             sys.stderr.write(f"\n----- {name} log (tail) -----\n{procs.log(name)[-6000:]}\n")
 
 
+def _expected_s(item: pytest.Item) -> float:
+    """A slow test's rough wall time on 2 cores, from its marker (``@pytest.mark.slow(seconds=...)``)."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 30)) if marker else 0.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long, mostly waiting tests first, and spread over the workers.
+
+    On one process they simply run first. Under ``pytest -n N --dist worksteal`` (make test) xdist hands
+    each worker one contiguous chunk of this list: sorted naively, every slow test would sit in the first
+    worker's chunk and run one after another at the end of the suite. Instead the slow tests are dealt,
+    longest first, to the worker with the least expected time so far, and each worker's chunk starts with
+    its own; the other tests follow in collection order, so module fixtures stay together. Every worker
+    computes the same order (xdist checks that the collections match).
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    slow = sorted((i for i in items if i.get_closest_marker("slow")), key=_expected_s, reverse=True)
+    rest = [i for i in items if not i.get_closest_marker("slow")]
+    if workers <= 1:
+        items[:] = slow + rest
+        return
+    lanes: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for item in slow:
+        lane = load.index(min(load))
+        lanes[lane].append(item)
+        load[lane] += _expected_s(item)
+    # The chunk sizes xdist's work stealing sends at the start: len // workers, then of what remains.
+    ordered: list[pytest.Item] = []
+    remaining, others = len(items), iter(rest)
+    for index, lane in enumerate(lanes):
+        size = remaining // (workers - index)
+        remaining -= size
+        ordered += lane + [item for _, item in zip(range(size - len(lane)), others, strict=False)]
+    ordered += list(others)
+    assert len(ordered) == len(items)
+    items[:] = ordered
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
+    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_IN_STRICT):
+            report.outcome = "failed"
+            report.longrepr = f"PEDIFACE_STRICT=1: a skip is a failure in CI ({reason})"
     setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A whole module skipped at collection (shared data missing) fails too under PEDIFACE_STRICT."""
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(allowed in reason for allowed in ALLOWED_IN_STRICT):
+            report.outcome = "failed"
+            report.longrepr = f"PEDIFACE_STRICT=1: a skipped module is a failure in CI ({reason})"
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_file_of_another_test() -> Iterator[None]:
+    """load_settings(FILE) exports PEDIFACE_CONFIG so that the processes it starts read the same file;
+    each test starts without one, and what it exported is removed after it (before the next module's
+    fixtures are built: they run before this fixture of their first test)."""
+    os.environ.pop("PEDIFACE_CONFIG", None)
+    yield
+    os.environ.pop("PEDIFACE_CONFIG", None)
+
+
+# -- shared, expensive things: built once per test session ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def small_series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A 3 mm sagittal MR series of the shipped template head (no shared data needed); read-only."""
+    from worker.sample import write_sample_series
+
+    return write_sample_series(TEMPLATE_HEAD, tmp_path_factory.mktemp("small-series"), spacing_mm=3.0)
+
+
+@pytest.fixture(scope="session")
+def shipped_masker():  # noqa: ANN201 - worker.deface.FaceMasker (imports torch)
+    """The default nnU-Net masker, loaded once for every test that only predicts with it."""
+    from worker.deface import MODELS_ROOT, load_masker
+
+    return load_masker("nnunet", MODELS_ROOT / "nnunet-face", threads=1)
+
+
+def spool_series(data_dir: Path, files: list[Path], calling_ae: str = "PACS") -> str:
+    """Store a series in a spool as the gateway would and seal it; returns the job id."""
+    import pydicom
+
+    from spool.manifest import series_key
+    from spool.store import Spool
+
+    spool = Spool(data_dir)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    key = series_key(calling_ae, str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+    for path in files:
+        sop_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        spool.store_instance(key, calling_ae, sop_uid, path.read_bytes())
+    manifest = spool.seal(key, quiet_period_s=0)
+    assert manifest is not None
+    return manifest.job_id
+
+
+@pytest.fixture(scope="session")
+def upper_face_masker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A template masker folder whose face region is cut to its upper half: it blanks the brow, eyes and
+    upper nose and leaves the nose tip, mouth and chin (a deliberately broken masker; read-only).
+
+    On :func:`small_series` the face check still finds that face (docs/defacing.md, "Face check").
+    """
+    import hashlib
+
+    import nibabel as nib
+    import numpy as np
+
+    source = REPO / "models" / "template-pydeface"
+    folder = tmp_path_factory.mktemp("upper-face-masker") / "template-upper-face"
+    shutil.copytree(source, folder)
+    image = nib.load(str(source / "pydeface_facemask.nii.gz"))
+    keep = np.asarray(image.dataobj).astype(np.float32)  # 1 keep, 0 face (RAS: the last axis runs up)
+    rows = np.flatnonzero((keep == 0).any(axis=(0, 1)))
+    keep[:, :, : (rows.min() + rows.max()) // 2] = 1.0
+    nib.save(nib.Nifti1Image(keep, image.affine, image.header), str(folder / "pydeface_facemask.nii.gz"))
+    names = ("pydeface_mean_reg2mean.nii.gz", "pydeface_facemask.nii.gz", "LICENSE")
+    sums = [f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name}" for name in names]
+    (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return folder

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.console import hash_password
+from common.files import utcnow
+from config.settings import load_settings
+from gateway.console_auth import hash_password
 from gateway.server import Gateway
-from pediface.settings import load_settings
-from pediface.spool import JobManifest, JobState, Spool, StateChange, new_job_id, utcnow
+from spool.manifest import JobManifest, JobState, StateChange, new_job_id
+from spool.store import Spool
 from tests.conftest import REPO, UIH, free_port, need_shared, need_tool, wait_until
 from worker.qc import QC_SIZE
 

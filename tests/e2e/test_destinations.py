@@ -18,11 +18,10 @@ import pydicom
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.conftest import Processes, free_port, need_tool, wait_for_port
+from tests.conftest import TEMPLATE_HEAD, Processes, free_port, need_tool, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
-TEMPLATE_HEAD = Path(__file__).resolve().parents[2] / "models" / "template-pydeface" / "pydeface_mean_reg2mean.nii.gz"
 MODIFIED_DATES = "Retain Longitudinal Temporal Information with Modified Dates"
 PATIENT_CHARACTERISTICS = "Retain Patient Characteristics"
 
@@ -73,7 +72,8 @@ class CountingArchive:
 
 
 def _spooled_job(data_dir: Path, files: list[Path], study: str = "1.2.3", series: str = "1.2.3.4") -> str:
-    from pediface.spool import Spool, series_key
+    from spool.manifest import series_key
+    from spool.store import Spool
 
     spool = Spool(data_dir)
     key = series_key("PACS", study, series)
@@ -85,8 +85,8 @@ def _spooled_job(data_dir: Path, files: list[Path], study: str = "1.2.3", series
     return manifest.job_id
 
 
-def _settings(tmp_path: Path, **overrides: object):  # noqa: ANN202 - pediface.settings.Settings
-    from pediface.settings import load_settings
+def _settings(tmp_path: Path, **overrides: object):  # noqa: ANN202 - config.settings.Settings
+    from config.settings import load_settings
 
     return load_settings(
         data_dir=tmp_path / "data",
@@ -105,7 +105,7 @@ def test_each_destination_gets_its_own_deidentification_of_one_defacing(
 ) -> None:
     """One masking, two archives: the research archive gets the Basic Profile, the longitudinal one
     keeps shifted dates and the patient's sex and age; the pixels are the same defaced pixels."""
-    from worker.app import build_masker
+    from worker.deface import build_masker
     from worker.jobs import JobRunner
 
     settings = _settings(
@@ -145,9 +145,9 @@ def test_each_destination_gets_its_own_deidentification_of_one_defacing(
 def test_an_unreachable_archive_holds_up_no_other_and_gets_the_series_when_back(
     tmp_path: Path, small_series: list[Path], processes: Processes
 ) -> None:
+    from common.errors import DeliveryError
     from gateway.status import SpoolCollector
-    from pediface.errors import DeliveryError
-    from worker.app import build_masker
+    from worker.deface import build_masker
     from worker.jobs import JobRunner
 
     port = free_port()
@@ -189,8 +189,8 @@ def test_an_unreachable_archive_holds_up_no_other_and_gets_the_series_when_back(
 
 def test_a_send_cut_short_resumes_without_sending_anything_twice(tmp_path: Path, small_series: list[Path]) -> None:
     """The archive fills up after 20 instances (0xA700); once it has room, the retry sends only the rest."""
-    from pediface.errors import DeliveryError
-    from worker.app import build_masker
+    from common.errors import DeliveryError
+    from worker.deface import build_masker
     from worker.jobs import JobRunner
 
     port = free_port()
@@ -221,7 +221,8 @@ def test_a_send_cut_short_resumes_without_sending_anything_twice(tmp_path: Path,
 
 def test_routing_rules_choose_destinations(tmp_path: Path, small_series: list[Path]) -> None:
     from gateway.server import Sealer
-    from pediface.spool import Spool, series_key
+    from spool.manifest import series_key
+    from spool.store import Spool
 
     settings = _settings(
         tmp_path,
@@ -246,7 +247,8 @@ def test_routing_rules_choose_destinations(tmp_path: Path, small_series: list[Pa
 def test_the_study_quiet_period_waits_for_every_series_of_the_study(tmp_path: Path, small_series: list[Path]) -> None:
     """Two interleaved series of one study: the quiet one is not sealed while the other still receives."""
     from gateway.server import Sealer
-    from pediface.spool import Spool, series_key, study_key
+    from spool.manifest import series_key, study_key
+    from spool.store import Spool
 
     spool = Spool(tmp_path / "data")
     keys = [series_key("PACS", "1.2.3", f"1.2.3.{n}") for n in (1, 2)]
@@ -262,5 +264,12 @@ def test_the_study_quiet_period_waits_for_every_series_of_the_study(tmp_path: Pa
     assert {s.key for s in spool.open_series()} == set(keys)
     os.utime(spool.incoming / keys[1], (now - 4, now - 4))
     assert len(sealer.run_once()) == 2 and spool.open_series() == []
-    # Without the study period the quiet series would have gone on its own.
-    assert Sealer(spool, 1.0, sealed.append).study_quiet_period_s == 0.0
+    # Without the study period, the same two series: the quiet one goes on its own, its mate waits.
+    other = Spool(tmp_path / "other")
+    for n, key in enumerate(keys):
+        other.store_instance(key, "PACS", f"1.2.3.9.{n}", small_series[n].read_bytes(), study_key("PACS", "1.2.3"))
+    os.utime(other.incoming / keys[0], (now - 10, now - 10))
+    os.utime(other.incoming / keys[1], (now + 60, now + 60))  # still receiving
+    [alone] = Sealer(other, 1.0, sealed.append).run_once()
+    assert other.load(alone).series_key == keys[0]
+    assert {s.key for s in other.open_series()} == {keys[1]}

@@ -62,6 +62,7 @@ def finished_jobs(data_dir: Path) -> list[dict]:
     return jobs
 
 
+@pytest.mark.slow(seconds=57)
 def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> None:
     need_shared(UIH)
     need_tool("storescp")
@@ -117,6 +118,7 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
     assert "libtorch" not in maps and "SimpleITK" not in maps
 
 
+@pytest.mark.slow(seconds=47)
 def test_embedded_default_needs_no_redis(tmp_path: Path, processes: Processes) -> None:
     """`pediface run` with no broker configured: folder broker, worker child process, folder archive."""
     need_shared(UIH)

@@ -51,6 +51,7 @@ def rest(base: str, path: str, data: bytes | None = None, timeout: float = 60) -
     return json.loads(body) if body[:1] in (b"{", b"[") else body
 
 
+@pytest.mark.slow(seconds=33)
 def test_orthanc_pacs_to_pediface_to_orthanc_archive(tmp_path: Path, processes: Processes) -> None:
     need_shared(UIH)
     originals = sorted(UIH.glob("*.dcm"))

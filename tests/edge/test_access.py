@@ -10,8 +10,8 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from config.settings import load_settings
 from gateway.server import Gateway
-from pediface.settings import load_settings
 from tests.conftest import free_port, need_tool
 
 
@@ -23,7 +23,6 @@ def start(tmp_path: Path, peers: list[dict]) -> Gateway:
         metrics={"port": 0},
     )
     gw = Gateway(settings)
-    gw.sealer.send = lambda job: None
     gw.start()
     return gw
 

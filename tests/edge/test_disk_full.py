@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from config.settings import load_settings
 from gateway.server import Gateway
-from pediface.settings import load_settings
 from tests.conftest import UIH, free_port, need_shared, need_tool
 
 
@@ -30,7 +30,6 @@ def test_full_spool_answers_out_of_resources_and_keeps_whole_files(small_disk: P
     need_shared(UIH)
     settings = load_settings(None, data_dir=small_disk, dicom={"port": free_port()}, metrics={"port": 0})
     gw = Gateway(settings)
-    gw.sealer.send = lambda job: None
     gw.start()
     try:
         files = sorted(UIH.glob("*.dcm"))[:20]  # ~9.8 MB into 4 MB

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from config.sections import RoutingSettings
+from config.settings import load_settings
 from gateway.routing import decide
 from gateway.server import Gateway
-from pediface.settings import RoutingSettings, load_settings
-from pediface.spool import JobState
+from spool.manifest import JobState
 from tests.conftest import UIH, free_port, need_shared, need_tool, wait_until
+from tests.taskmessages import folder_messages
 
 HEADER = {
     "Modality": "MR",
@@ -53,8 +55,6 @@ def test_dropped_series_is_recorded_and_never_dispatched(tmp_path: Path) -> None
         routing={"rules": [{"name": "no-t1", "action": "drop", "series_description": "^t1_gre"}]},
     )
     gw = Gateway(settings)
-    dispatched: list[str] = []
-    gw.sealer.send = dispatched.append
     gw.start()
     try:
         argv = [need_tool("storescu"), "-aec", "PEDIFACE", "127.0.0.1", str(settings.dicom.port)]
@@ -65,4 +65,4 @@ def test_dropped_series_is_recorded_and_never_dispatched(tmp_path: Path) -> None
         gw.stop()
     (manifest,) = done
     assert manifest.state == JobState.dropped and "no-t1" in (manifest.reason or "")
-    assert manifest.n_instances == 4 and not dispatched
+    assert manifest.n_instances == 4 and folder_messages(settings) == [], "nothing reached the broker"

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
 import pydicom.examples
 import pytest
 
+from config.settings import Settings, load_settings
 from gateway.server import Gateway
-from pediface.settings import Settings, load_settings
-from pediface.spool import JobState
+from spool.manifest import JobState
 from tests.conftest import UIH, free_port, need_shared, need_tool, wait_until
+from tests.taskmessages import folder_messages
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, list[str]]]:
-    """A running gateway whose dispatches are recorded instead of sent to a broker."""
+def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, Callable[[], list[str]]]]:
+    """A running gateway on the real embedded broker, and the job ids of the tasks it has queued there."""
     settings: Settings = load_settings(
         None,
         data_dir=tmp_path / "data",
@@ -32,8 +33,12 @@ def gateway(tmp_path: Path) -> Iterator[tuple[Gateway, list[str]]]:
         metrics={"port": free_port()},
     )
     gw = Gateway(settings)
-    dispatched: list[str] = []
-    gw.sealer.send = dispatched.append
+
+    def dispatched() -> list[str]:
+        tasks = folder_messages(settings)
+        assert all(name == "pediface.process_series" and len(args) == 1 for name, args in tasks), tasks
+        return [args[0] for _, args in tasks]
+
     gw.start()
     yield gw, dispatched
     gw.stop()
@@ -70,29 +75,29 @@ def quarantined(gw: Gateway) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(gw.spool.quarantine_dir.glob("*/job.json"))]
 
 
-def test_c_echo(gateway: tuple[Gateway, list[str]]) -> None:
+def test_c_echo(gateway: tuple[Gateway, Callable[[], list[str]]]) -> None:
     gw, _ = gateway
     result = echoscu(gw)
     assert result.returncode == 0, result.stderr
 
 
-def test_wrong_called_ae_title_is_rejected(gateway: tuple[Gateway, list[str]]) -> None:
+def test_wrong_called_ae_title_is_rejected(gateway: tuple[Gateway, Callable[[], list[str]]]) -> None:
     gw, _ = gateway
     result = echoscu(gw, called="SOMEONEELSE")
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stderr or "Association Rejected" in result.stderr
 
 
-def test_series_is_spooled_sealed_and_dispatched_once(gateway: tuple[Gateway, list[str]]) -> None:
+def test_series_is_spooled_sealed_and_dispatched_once(gateway: tuple[Gateway, Callable[[], list[str]]]) -> None:
     need_shared(UIH)
     gw, dispatched = gateway
     files = sorted(UIH.glob("*.dcm"))[:20]
     first = storescu(gw, *files)
     again = storescu(gw, *files[:5])  # duplicates of instances already spooled
     assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
-    wait_until(lambda: dispatched, 30, "the series to be dispatched")
-    assert len(dispatched) == 1
-    job = gw.spool.load(dispatched[0])
+    wait_until(dispatched, 30, "the series to be dispatched")
+    assert len(dispatched()) == 1
+    job = gw.spool.load(dispatched()[0])
     assert job.n_instances == 20 and job.calling_ae == "TESTPACS"
     assert job.state == JobState.dispatched
     stored = gw.spool.instance_files(job.job_id)
@@ -105,14 +110,14 @@ def test_series_is_spooled_sealed_and_dispatched_once(gateway: tuple[Gateway, li
     assert not list(gw.spool.tmp.iterdir()), "temp files left behind"
 
 
-def test_unknown_sop_class_is_refused(gateway: tuple[Gateway, list[str]], tmp_path: Path) -> None:
+def test_unknown_sop_class_is_refused(gateway: tuple[Gateway, Callable[[], list[str]]], tmp_path: Path) -> None:
     gw, dispatched = gateway
     rtss = tmp_path / "rtss.dcm"
     pydicom.examples.rt_ss.save_as(rtss)
     result = storescu(gw, rtss)
     assert result.returncode != 0
     assert "No presentation context" in result.stderr
-    assert not list(gw.spool.incoming.iterdir()) and not dispatched
+    assert not list(gw.spool.incoming.iterdir()) and not dispatched()
 
 
 @pytest.mark.parametrize(
@@ -124,7 +129,7 @@ def test_unknown_sop_class_is_refused(gateway: tuple[Gateway, list[str]], tmp_pa
     ],
 )
 def test_corrupt_instance_fails_and_is_quarantined(
-    gateway: tuple[Gateway, list[str]], tmp_path: Path, corruption: str, reason: str
+    gateway: tuple[Gateway, Callable[[], list[str]]], tmp_path: Path, corruption: str, reason: str
 ) -> None:
     need_shared(UIH)
     gw, dispatched = gateway
@@ -149,14 +154,14 @@ def test_corrupt_instance_fails_and_is_quarantined(
     assert entries[0]["state"] == "quarantined" and entries[0]["calling_ae"] == "TESTPACS"
     kept = gw.spool.quarantine_dir / entries[0]["job_id"] / "instances" / "rejected.dcm"
     assert kept.stat().st_size > 0
-    assert not list(gw.spool.incoming.iterdir()) and not dispatched
+    assert not list(gw.spool.incoming.iterdir()) and not dispatched()
     # ... and the gateway keeps serving.
     assert echoscu(gw).returncode == 0
 
 
 def test_gateway_imports_neither_torch_nor_the_pipeline() -> None:
     code = (
-        "import sys, gateway.server, gateway.scp, pediface.cli, pediface.broker;"
+        "import sys, gateway.server, gateway.scp, pediface.cli, spool.broker;"
         "bad = [m for m in ('torch', 'nnunetv2', 'SimpleITK', 'worker', 'worker.pipeline') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -164,17 +169,24 @@ def test_gateway_imports_neither_torch_nor_the_pipeline() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_health_readiness_and_metrics(gateway: tuple[Gateway, list[str]]) -> None:
+def test_health_readiness_and_metrics(gateway: tuple[Gateway, Callable[[], list[str]]]) -> None:
     need_shared(UIH)
     gw, dispatched = gateway
     base = f"http://127.0.0.1:{gw.settings.metrics.port}"
     assert urllib.request.urlopen(f"{base}/healthz", timeout=5).read() == b"ok\n"
     assert urllib.request.urlopen(f"{base}/readyz", timeout=5).status == 200
     assert storescu(gw, *sorted(UIH.glob("*.dcm"))[:3]).returncode == 0
-    wait_until(lambda: dispatched, 30, "the series to be dispatched")
-    text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+    wait_until(dispatched, 30, "the series to be dispatched")
+
+    def metrics() -> str:
+        return urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
+
+    # The gateway writes the job's `dispatched` state just after the broker takes the task, so the task can
+    # be on the queue a moment before the job's state says so.
+    wait_until(lambda: 'pediface_jobs{state="dispatched"} 1.0' in metrics(), 10, "the job to read dispatched")
+    text = metrics()
     assert 'pediface_instances_received_total{outcome="stored"}' in text
-    assert 'pediface_jobs{state="dispatched"} 1.0' in text
+    assert 'pediface_jobs{state="sealed"}' not in text or 'pediface_jobs{state="sealed"} 0.0' in text
     assert "pediface_queue_depth" in text and "pediface_open_series 0.0" in text
     # Readiness follows the spool: a spool that cannot take files is not ready.
     aside = gw.spool.tmp.with_name("tmp-aside")

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.console import (
-    SECURITY_HEADERS,
-    Console,
+from config.sections import ConsoleSettings
+from config.settings import Settings, load_settings
+from gateway.console import SECURITY_HEADERS, Console, main
+from gateway.console_auth import (
     ConsoleConfigError,
     check_exposure,
     hash_password,
     is_loopback,
-    main,
     verify_password,
 )
-from pediface.settings import ConsoleSettings, Settings, load_settings
-from pediface.spool import JobState, Spool
-from pediface.status_report import redact_uids, status_table
+from spool.manifest import JobState
+from spool.report import redact_uids, status_table
+from spool.store import Spool
 
 ORIGINAL_UID = "1.2.156.112605.14038010222575.2012.0.0.1"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pediface.errors import MaskingError
+from common.errors import MaskingError
 from worker.deface import MASKER_KINDS, FaceMasker, load_masker
 from worker.deface.template import FACE_FILE, TemplateMasker
 from worker.types import FaceLabel, FaceMask, Volume

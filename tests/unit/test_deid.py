@@ -16,7 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from pediface.errors import DeidentificationError
+from common.errors import DeidentificationError
+from evaluation.canary import build_canaries
 from worker.deid import DeidOption, DeidPolicy, deidentify, pseudonymise, remap_uid
 from worker.deid.actions import (
     Action,
@@ -26,7 +27,6 @@ from worker.deid.actions import (
     shift_da,
     shift_dt,
 )
-from worker.deid.canary import build_canaries
 from worker.deid.iod import NOT_IN_IOD, attribute_types
 from worker.deid.table import profile_table, safe_private_table
 
@@ -465,13 +465,16 @@ def test_modified_dates_shift_one_patient_by_one_offset() -> None:
 
 
 @needs_uih
-def test_modified_dates_refuse_a_date_they_cannot_parse_without_quoting_it() -> None:
-    ds = uih(1)  # its dates are the placeholder '***'
+def test_modified_dates_give_a_date_they_cannot_parse_the_basic_profiles_action() -> None:
+    ds = uih(1)  # its dates are the placeholder '***': nothing to shift, so the Basic profile decides
     policy = DeidPolicy.from_names(["Retain Longitudinal Temporal Information with Modified Dates"])
-    with pytest.raises(DeidentificationError) as caught:
-        deidentify(ds, policy, KEY)
-    assert "(0008,0020) StudyDate" in str(caught.value)
-    assert "***" not in str(caught.value)
+    out = deidentify(ds, policy, KEY)
+    basic = deidentify(ds, BASIC, KEY)
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "AcquisitionDateTime"):
+        assert out.get(keyword) == basic.get(keyword), keyword
+        assert "***" not in str(out.get(keyword, ""))
+    assert out.StudyDate == ""  # Z: present and empty, as the Basic profile leaves it
+    assert out.InstanceCreationDate != ds.InstanceCreationDate  # a real date is still shifted
 
 
 def test_shift_keeps_the_precision_of_partial_datetimes() -> None:
@@ -484,13 +487,15 @@ def test_shift_keeps_the_precision_of_partial_datetimes() -> None:
         shift_da("20240230", -1)
 
 
-def test_clean_descriptors_replaces_text_and_keeps_empty_values() -> None:
+def test_clean_descriptors_cleans_descriptors_replaces_prose_and_keeps_empty_values() -> None:
     ds = mr()
-    ds.SeriesDescription = "Head of Jane Doe"
-    ds.ImageComments = ""
+    ds.SeriesDescription = "t1_mprage Jane Doe"
+    ds.ImageComments = "Head of Jane Doe"
+    ds.PatientComments = ""
     out = deidentify(ds, DeidPolicy.from_names(["Clean Descriptors"]), KEY)
-    assert out.SeriesDescription == "ANONYMOUS"
-    assert out.ImageComments == ""
+    assert out.SeriesDescription == "t1_mprage"  # a descriptor: cleaned word by word
+    assert out.ImageComments == "ANONYMOUS"  # prose: no cleaner vouches for it
+    assert out.PatientComments == ""
     assert "SeriesDescription" not in deidentify(ds, BASIC, KEY)
 
 

@@ -26,11 +26,11 @@ from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from evaluation.canary import TEXT_PREFIX, UID_ROOT, build_cleaned_items
 from tests.unit.test_deid_canary import dciodvfy_errors
 from tests.unit.test_deid_real import DICOM, SERIES, _private_tags, leaked_values
 from worker.deid import DeidOption, DeidPolicy, deidentify, remap_uid
 from worker.deid.actions import Action, option_action
-from worker.deid.canary import TEXT_PREFIX, UID_ROOT, build_cleaned_items
 from worker.deid.clean import Treatment, build_contexts, clean_contexts
 from worker.deid.options import (
     BASIC_PROFILE_CODE,

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from pediface.errors import DeidentificationError
-from pediface.settings import DeidSettings, Settings
+from common.errors import DeidentificationError
+from config.sections import DeidSettings
+from config.settings import Settings
 from worker.deid import DeidOption, DeidPolicy, deidentify, pseudonymise
 from worker.deid.lookup import PatientIdLookup
 from worker.deid.pseudonym import LOOKUP_HINT_CHARS, lookup_hint

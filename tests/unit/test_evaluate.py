@@ -13,21 +13,10 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from evaluation.detector import FaceBox, accepted_faces, detect_faces
+from evaluation.metrics import changed_inside, fraction_removed, nonzero_lost
 from pediface.cli import app
-from worker.deface.evaluate import (
-    VIEWS,
-    FaceBox,
-    accepted_faces,
-    changed_inside,
-    detect_faces,
-    fraction_removed,
-    lps_array,
-    lps_reference,
-    nonzero_lost,
-    render_surface,
-    render_views,
-    surface_threshold,
-)
+from worker.render import VIEWS, lps_array, lps_reference, render_surface, render_views, surface_threshold
 from worker.types import Volume
 
 PROJECT = Path(__file__).resolve().parents[2]

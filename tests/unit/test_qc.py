@@ -139,3 +139,48 @@ def test_uih_render_of_an_oblique_sagittal_series(tmp_path: Path) -> None:
     out = render_before_after(volume, defaced(volume, mask), mask, tmp_path / "uih.png", title="UIH 3D T1")
     with Image.open(out) as picture:
         assert picture.size == QC_SIZE and picture.mode == "RGB"
+        rgb = np.asarray(picture.convert("RGB"), dtype=int)
+        front_before, front_after = panel(picture, 0, 1), panel(picture, 1, 1)
+    # The picture shows what a person must check on this oblique series too: the mask outlined in
+    # red on the sagittal slice, the face gone in the front view and the vertex untouched.
+    sagittal = rgb[TITLE_PX : TITLE_PX + PANEL_PX, :PANEL_PX]
+    assert ((sagittal[..., 0] > 200) & (sagittal[..., 1] < 80) & (sagittal[..., 2] < 80)).sum() > 50
+    half = PANEL_PX // 2
+    assert np.abs(front_before[half:] - front_after[half:]).mean() > 10
+    assert np.abs(front_before[: PANEL_PX // 5] - front_after[: PANEL_PX // 5]).mean() < 1
+
+
+@pytest.fixture(scope="module")
+def uih_defaced() -> tuple[Volume, Volume, FaceMask]:
+    """The UIH series as the worker reads it, masked by the shipped nnU-Net model (face and ears)."""
+    from worker.volume.pixels import build_volume
+    from worker.volume.read import read_instances
+
+    volume = build_volume(read_instances(sorted(UIH_SERIES.glob("*.dcm"))))
+    mask = load_masker("nnunet", PROJECT / "models" / "nnunet-face").predict(volume)
+    return volume, defaced(volume, mask), mask
+
+
+@pytest.mark.parametrize("case", ["uih", "ixi"])
+def test_the_picture_is_the_one_the_straightforward_renderer_draws(
+    case: str,
+    ixi: tuple[Volume, Volume, FaceMask],
+    uih_defaced: tuple[Volume, Volume, FaceMask],
+    tmp_path: Path,
+) -> None:
+    """The fast renderer (boxes, one resampling, label look-ups) draws the picture the old one did,
+    resampling, smoothing and labelling every voxel (tests/unit/qc_reference.py): per panel, the mean
+    grey difference stays under a grey level, on the oblique UIH series and on the IXI head."""
+    from tests.unit.qc_reference import reference_picture
+
+    before, after, mask = uih_defaced if case == "uih" else ixi
+    with Image.open(render_before_after(before, after, mask, tmp_path / "fast.png")) as fast:
+        fast.load()
+        with Image.open(reference_picture(before, after, mask, tmp_path / "reference.png")) as slow:
+            slow.load()
+            for row in (0, 1):
+                for column in (0, 1, 2):
+                    difference = np.abs(panel(fast, row, column) - panel(slow, row, column))
+                    assert difference.mean() < 1.0, (row, column, difference.mean())
+                    # Not a blank panel matching a blank panel: the head is drawn.
+                    assert panel(fast, row, column).mean() > 10

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from pediface.settings import CONFIG_ENV, Settings, documented_yaml, load_settings
+from config.documented import documented_yaml
+from config.settings import CONFIG_ENV, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pediface.spool import JobState, Spool, series_key
+from spool.manifest import JobState, series_key
+from spool.store import Spool
 
 
 @pytest.fixture

@@ -24,9 +24,12 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pediface.errors import InputError
+from common.errors import InputError
 from tests.conftest import DICOM, need_shared
-from worker.volume import MosaicSource, SeriesStacks, read_instances, split_series, stack_volume
+from worker.volume.geometry import MosaicSource
+from worker.volume.pixels import stack_volume
+from worker.volume.read import read_instances
+from worker.volume.stacks import SeriesStacks, split_series
 
 #: Stacks expected per series: (count, slices per stack), from the MANIFEST's description of each.
 EXPECTED = {

@@ -9,9 +9,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pediface.errors import InputError
+from common.errors import InputError
 from tests.conftest import DICOM, UIH, need_shared
-from worker.volume import build_volume, read_instances
+from worker.volume.pixels import build_volume
+from worker.volume.read import read_instances
 from worker.writer import blank_instances
 
 SERIES_WITH_ONE_STACK = [

@@ -30,17 +30,24 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pediface.errors import DeliveryError, InputError
+from common.errors import DeliveryError, InputError
 from tests.conftest import DICOM
 from tests.unit.test_volume_stacks import EXPECTED, MOSAIC_TS, files_of, run_dcm2niix, series
 from worker.deid import DeidPolicy, remap_uid
 from worker.delivery import fit_transfer_syntax
 from worker.pipeline import deface_series
 from worker.types import FaceMask, Volume
-from worker.volume import split_series, stack_volume
+from worker.volume.pixels import stack_volume
+from worker.volume.stacks import split_series
 from worker.writer import StackMask, write_back
 
 KEPT = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless}
+
+
+def encoded(ds: pydicom.Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
 
 
 def reread(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -80,7 +87,10 @@ def test_only_masked_voxels_change(name: str) -> None:
         blank[:, : volume.shape[1] // 4, : volume.shape[2] // 4] = True
         masks.append(StackMask(volume, blank, int(volume.array.min())))
         volumes.append(volume)
+    as_read = [encoded(ds) for ds in datasets]
     written = write_back(datasets, masks)
+    # Write-back edits copies that share the input's untouched elements: the input is as it was read.
+    assert [encoded(ds) for ds in datasets] == as_read
     rereads = {index: reread(ds) for index, ds in written.items()}
     for index, out in rereads.items():
         ts_in, ts_out = datasets[index].file_meta.TransferSyntaxUID, out.file_meta.TransferSyntaxUID
