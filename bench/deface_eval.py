@@ -154,7 +154,7 @@ class MedeMasker:
 
 
 def _load_results(path: Path) -> list:
-    from worker.deface.evaluate import Result, ViewResult
+    from evaluation.results import Result, ViewResult
 
     data = json.loads(path.read_text())
     out = []
@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--renders", type=Path, default=None, help="write every render here (PNG)")
     args = parser.parse_args(argv)
 
+    from evaluation.heads import DEFAULT_HEADS
+    from evaluation.results import markdown, to_json
+    from evaluation.run import parameters, run
     from worker.deface import load_masker
-    from worker.deface.evaluate import DEFAULT_HEADS, markdown, parameters, run, to_json
 
     maskers = {}
     for kind in args.maskers:

@@ -8,7 +8,7 @@
    one warm-up pass, so that tables and recipes are loaded before timing.
 2. Leaks: the canary file of the unit tests (a unique value in every attribute of PS3.15 Table
    E.1-1 that pydicom can write, at the top level and nested, plus private blocks, private and
-   nested sequences and the file meta information; see :mod:`worker.deid.canary`) is written,
+   nested sequences and the file meta information; see :mod:`evaluation.canary`) is written,
    read back and given to each tool. A leak is a canary still in the output that the Basic
    profile says must go. Attributes the table does not list are counted apart: the Basic profile
    keeps them; pediface removes those its allow-list does not name.
@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -36,9 +38,12 @@ import pydicom
 import pydicom.examples
 from pydicom.dataset import Dataset
 
+from bench.profile import add_options as add_profile_options
+from bench.profile import record, summary
 from bench.report import stamp, write_section
+from evaluation.canary import Canary, CanaryFile, build_canaries
+from evaluation.canary_check import expected_survivors, surviving
 from worker.deid import DeidPolicy, deidentify
-from worker.deid.canary import Canary, CanaryFile, build_canaries, expected_survivors, surviving
 from worker.deid.table import profile_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,45 +103,78 @@ def tools() -> list[Tool]:
     return found
 
 
-def shared_instances() -> list[bytes]:
-    """The bytes of every DICOM instance of the shared series."""
+def shared_series() -> list[list[bytes]]:
+    """The bytes of every DICOM instance of the shared series, one list per series folder."""
     files = sorted(
         path
         for path in DICOM.rglob("*")
         if path.is_file() and path.name not in ("LICENSE", "MANIFEST.tsv") and path.suffix != ".txt"
     )
-    return [path.read_bytes() for path in files]
+    series: dict[Path, list[bytes]] = {}
+    for path in files:
+        series.setdefault(path.parent, []).append(path.read_bytes())
+    return list(series.values())
 
 
-def one_pass(tool: Tool, instances: list[bytes]) -> tuple[float, int]:
-    """Seconds `tool` spends de-identifying `instances`, and how many it failed on."""
-    elapsed = 0.0
+def shared_instances() -> list[bytes]:
+    """The bytes of every DICOM instance of the shared series."""
+    return [raw for series in shared_series() for raw in series]
+
+
+def one_pass(tool: Tool, instances: list[bytes]) -> tuple[float, float, int]:
+    """Wall and CPU seconds `tool` spends de-identifying `instances`, and how many it failed on."""
+    wall = cpu = 0.0
     failures = 0
     for raw in instances:
         ds = pydicom.dcmread(io.BytesIO(raw))
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         try:
             tool.run(ds)
         except Exception:  # noqa: BLE001 - a peer failing on a vendor file is a finding, not a crash
             failures += 1
-        elapsed += time.perf_counter() - started
-    return elapsed, failures
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - started_cpu
+    return wall, cpu, failures
 
 
-def throughput(found: list[Tool], instances: list[bytes], repeat: int) -> dict[str, tuple[float, int]]:
-    """Median instances per second of each tool, and its failed instances.
+@dataclass
+class Rate:
+    wall: float  # instances per second, median of the passes
+    cpu: float  # instances per CPU second, median of the passes
+    failures: int
 
-    The tools take turns within each pass, so that a change of load on the machine hits them all.
+
+def throughput(found: list[Tool], series: list[list[bytes]], repeat: int) -> dict[str, Rate]:
+    """Median instances per second (wall clock and CPU time) of each tool, and its failed instances.
+
+    The tools take turns series by series within each pass (the one to start rotating), so that
+    a change of load on the shared machine hits them all alike; the first pass warms up.
     """
-    timings: dict[str, list[float]] = {tool.name: [] for tool in found}
+    count = sum(len(instances) for instances in series)
+    walls: dict[str, list[float]] = {tool.name: [] for tool in found}
+    cpus: dict[str, list[float]] = {tool.name: [] for tool in found}
     failures: dict[str, int] = {}
     for attempt in range(repeat + 1):
-        for tool in found:
-            elapsed, failures[tool.name] = one_pass(tool, instances)
-            if attempt:  # the first pass warms up
-                timings[tool.name].append(elapsed)
+        wall = dict.fromkeys(walls, 0.0)
+        cpu = dict.fromkeys(walls, 0.0)
+        failed = dict.fromkeys(walls, 0)
+        for index, instances in enumerate(series):
+            turn = (attempt + index) % len(found)
+            for tool in found[turn:] + found[:turn]:
+                seconds, cpu_seconds, failed_here = one_pass(tool, instances)
+                wall[tool.name] += seconds
+                cpu[tool.name] += cpu_seconds
+                failed[tool.name] += failed_here
+        failures = failed
+        if attempt:
+            for name in walls:
+                walls[name].append(wall[name])
+                cpus[name].append(cpu[name])
     return {
-        name: (len(instances) / statistics.median(values), failures[name]) for name, values in timings.items()
+        name: Rate(
+            count / statistics.median(walls[name]), count / statistics.median(cpus[name]), failures[name]
+        )
+        for name in walls
     }
 
 
@@ -190,54 +228,100 @@ def leaks(tool: Tool) -> Leaks:
     return Leaks(len(leaked), len(checked), len(rows), len(unlisted_left), len(unlisted))
 
 
+HEADER = (
+    "| tool | how it was run | instances/s | pediface/tool speed | instances per CPU s | pediface/tool, CPU "
+    "| failed instances | leaks | unlisted kept |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _profile(repeat: int, label: str, section: str, raw: Path | None, write: bool) -> int:
+    """pediface's passes of this benchmark under py-spy (or the collapsed stacks of an earlier
+    run), summarised into ``section``."""
+    if raw is None:
+        raw = Path(tempfile.gettempdir()) / "pediface-profile-deid.txt"
+        record(raw, ["bench.deid", "--only", "pediface", "--repeat", str(repeat), "--no-write"])
+    samples, tables = summary(raw.read_text(), ("deidentify",))
+    text = f"""## Profile of de-identification on the shared series ({label or "py-spy"})
+
+`python -m bench.deid --profile --repeat {repeat}`: py-spy samples (100 per second, native frames
+included) of pediface alone through this benchmark's passes (every instance of the shared series
+read from memory, then de-identified; {repeat} passes and the warm-up, which is sampled too: the one-time
+loading of the IOD tables under `_iod_types` is part of it); {samples} samples inside
+`worker.deid.deidentify`, the shares below are of those.
+
+{tables}
+{stamp()}
+"""
+    if write:
+        write_section(section, text)
+    print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", nargs="+", help="run only these tools (pediface, dicognito, deid)")
+    parser.add_argument("--no-write", action="store_true", help="print, do not rewrite docs/benchmarks.md")
+    add_profile_options(parser, section="profile-deid")
     args = parser.parse_args(argv)
+    if args.profile or args.from_stacks:
+        return _profile(args.repeat, args.label, args.section, args.from_stacks, not args.no_write)
     if not DICOM.is_dir():
         print(f"bench.deid needs the shared DICOM series at {DICOM}", file=sys.stderr)
         return 2
     logging.getLogger("pydicom").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")  # the peers warn about every attribute they look up and lack
-    instances = shared_instances()
-    found = tools()
-    rates = throughput(found, instances, args.repeat)
-    results = []
-    for tool in found:
-        rate, failures = rates[tool.name]
-        results.append((tool, rate, failures, leaks(tool)))
-        print(f"{tool.name}: {rate:.0f} instances/s, {failures} failures", file=sys.stderr)
-    pediface_rate = results[0][1]
+    series = shared_series()
+    count = sum(len(instances) for instances in series)
+    found = [tool for tool in tools() if not args.only or tool.name in args.only]
+    rates = throughput(found, series, args.repeat)
+    if args.no_write:
+        for tool in found:
+            rate = rates[tool.name]
+            print(
+                f"{tool.name}: {rate.wall:.0f} instances/s, {rate.cpu:.0f} per CPU second, "
+                f"{rate.failures} failures"
+            )
+        return 0
+    mine = rates["pediface"]
     rows = []
-    for tool, rate, failures, leak in results:
-        ratio = "1" if tool.name == "pediface" else f"{pediface_rate / rate:.2f}"
+    for tool in found:
+        rate, leak = rates[tool.name], leaks(tool)
+        if tool.name == "pediface":
+            ratio = ratio_cpu = "1"
+        else:
+            ratio, ratio_cpu = f"**{mine.wall / rate.wall:.2f}**", f"{mine.cpu / rate.cpu:.2f}"
         if leak.error:
             leaked, unlisted = f"could not process the canary file ({leak.error})", "-"
         else:
             leaked = f"{leak.canaries} of {leak.checked} ({leak.rows} of 657 rows)"
             unlisted = f"{leak.unlisted_kept} of {leak.unlisted}"
         rows.append(
-            f"| {tool.name} {tool.version} | {tool.how} | {rate:.0f} | {ratio} | {failures} | {leaked} "
-            f"| {unlisted} |"
+            f"| {tool.name} {tool.version} | {tool.how} | {rate.wall:.0f} | {ratio} | {rate.cpu:.0f} "
+            f"| {ratio_cpu} | {rate.failures} | {leaked} | {unlisted} |"
         )
+    load = os.getloadavg()[0]
     text = f"""## De-identification: pediface, dicognito and deid on the same instances
 
-Throughput on the {len(instances)} instances of the shared series (10 vendor series, private tags
+Throughput on the {count} instances of the shared series ({len(series)} vendor series, private tags
 included), de-identification call only (reading is not timed), median of {args.repeat} passes
-after a warm-up, the tools taking turns within each pass; a failed instance is one the tool
-raised on (its time still counts). Leaks: canaries of the PS3.15 Table
+after a warm-up; within each pass the tools take turns series by series (the one to start
+rotating), so that a change of load on the shared machine hits them alike. Instances per CPU
+second leave out the time spent waiting for a core. A failed instance is one the tool raised on
+(its time still counts). Leaks: canaries of the PS3.15 Table
 E.1-1 canary file (every row pydicom can write, at the top level and nested, private blocks and
 sequences, file meta) left where the Basic profile removes or replaces them; pediface must have 0.
 Unlisted kept: attributes neither in the table nor in pediface's allow-list that kept their value
-(the Basic profile keeps them; pediface removes them).
+(the Basic profile keeps them; pediface removes them). Goal (issue 15): pediface/dicognito >= 3.
 
-| tool | how it was run | instances/s | pediface/tool speed | failed instances | leaks | unlisted kept |
-|---|---|---|---|---|---|---|
+{HEADER}
 {chr(10).join(rows)}
 
-`python -m bench.deid --repeat {args.repeat}`. {stamp()}
+`python -m bench.deid --repeat {args.repeat}`. 1-minute load average at the end {load:.1f} (the machine is
+shared). {stamp()}
 """
     write_section("deid", text)
     print(text)

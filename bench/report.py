@@ -5,14 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pediface.machine import describe
+from common.machine import describe
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 _HEADER = "# Benchmarks\n\nEach section below is rewritten by the benchmark that names it; run them with `make bench`.\n"
 
 
 machine = describe
-"""CPU model, cores, Python and kernel (:func:`pediface.machine.describe`)."""
+"""CPU model, cores, Python and kernel (:func:`common.machine.describe`)."""
 
 
 def stamp() -> str:

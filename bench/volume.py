@@ -39,7 +39,9 @@ def _files(folder: Path) -> list[Path]:
 
 def _pediface(files: list[Path]) -> tuple[float, float, int, str]:
     """(build s, write-back s, stacks, transfer syntaxes written) for one series."""
-    from worker.volume import read_instances, split_series, stack_volume
+    from worker.volume.pixels import stack_volume
+    from worker.volume.read import read_instances
+    from worker.volume.stacks import split_series
     from worker.writer import StackMask, write_back
 
     started = time.perf_counter()
@@ -73,7 +75,8 @@ def _peak_mb(files: list[Path]) -> float:
 def _sitk(files: list[Path]) -> float | None:
     import SimpleITK as sitk
 
-    from worker.volume import read_instances, split_series
+    from worker.volume.read import read_instances
+    from worker.volume.stacks import split_series
 
     split = split_series(read_instances(files))
     first = [str(files[f.source.instance_index]) for f in split.stacks[0].frames]

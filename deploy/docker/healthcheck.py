@@ -16,7 +16,7 @@ import urllib.request
 
 
 def _settings():
-    from pediface.settings import load_settings
+    from config.settings import load_settings
 
     return load_settings()
 
