@@ -121,6 +121,22 @@ class Identifiers:
     words: frozenset[str]
     values: tuple[str, ...]
 
+    @functools.cached_property
+    def _values_pattern(self) -> re.Pattern[str] | None:
+        """Every value, longest first, at every position: a zero-width lookahead finds overlapping
+        occurrences too, and at one position the first alternative that matches is the longest, whose
+        span holds every shorter one that matches there."""
+        if not self.values:
+            return None
+        return re.compile("(?=(" + "|".join(re.escape(value) for value in self.values) + "))")
+
+    def value_spans(self, lower: str) -> list[tuple[int, int]]:
+        """Where the whole values occur in `lower` (the text in lower case), overlapping ones included."""
+        pattern = self._values_pattern
+        if pattern is None:
+            return []
+        return [(match.start(), match.start() + len(match[1])) for match in pattern.finditer(lower)]
+
     @classmethod
     def of(cls, ds: Dataset) -> Identifiers:
         """The identifiers at the top level of `ds` (every PN attribute, and those listed above)."""
@@ -154,9 +170,8 @@ def clean_descriptor(text: str, identifiers: Identifiers) -> str:
     def mark(start: int, end: int) -> None:
         remove[start:end] = [True] * (end - start)
 
-    for value in identifiers.values:
-        for match in re.finditer(re.escape(value), lower):
-            mark(match.start(), match.end())
+    for start, end in identifiers.value_spans(lower):
+        mark(start, end)
     for pattern in _PATTERNS:
         for match in pattern.finditer(text):
             mark(match.start(), match.end())
