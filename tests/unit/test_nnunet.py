@@ -204,6 +204,20 @@ def test_predicts_on_cuda() -> None:
     assert np.count_nonzero(mask.labels == FaceLabel.FACE) > 0
 
 
+@pytest.mark.parametrize("shape", [(40, 37, 29), (16, 16)])
+def test_smooth_fields_are_the_cubic_zoom_of_their_control_points(shape: tuple[int, ...]) -> None:
+    """The generator's axis-by-axis field is the 3-D cubic-spline zoom it replaces, to rounding."""
+    from scipy import ndimage as ndi
+
+    from training.synth import _smooth_field
+
+    field = _smooth_field(np.random.default_rng(3), shape, 5, 2.0)
+    coarse = np.random.default_rng(3).normal(0.0, 2.0, size=(5,) * len(shape))
+    zoomed = ndi.zoom(coarse, [s / 5 for s in shape], order=3, mode="nearest")
+    assert field.shape == shape and np.abs(field).max() > 0.5
+    np.testing.assert_allclose(field, zoomed, rtol=0, atol=1e-12)
+
+
 def test_generator_keeps_labels_on_the_anatomy() -> None:
     """Synthetic pairs from a toy head whose label is the whole head: after every random step
     (warp, crop, thick slices, axis permutations and flips) the label still marks the bright head."""
