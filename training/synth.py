@@ -62,8 +62,8 @@ def _smooth_field(
     coarse = rng.normal(0.0, amplitude, size=(control,) * len(shape))
     field = coarse
     for axis, size in enumerate(shape):
-        basis = np.eye(control)
-        weights = np.stack([ndi.zoom(unit, size / control, order=3, mode="nearest")[:size] for unit in basis], 1)
+        zoomed = [ndi.zoom(unit, size / control, order=3, mode="nearest")[:size] for unit in np.eye(control)]
+        weights = np.stack(zoomed, axis=1)  # (size, control)
         field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
     return field
 

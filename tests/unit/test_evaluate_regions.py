@@ -23,6 +23,7 @@ from training.teacher import (
     TEMPORALIS_SKIN_MM,
     TEMPORALIS_Y,
     TEMPORALIS_Z,
+    Teacher,
     template_temporalis,
 )
 
@@ -111,15 +112,23 @@ def test_markdown_has_the_new_columns() -> None:
     assert "| 100.0 % | 75.0 % | 75.0 % | 12.5 % |" in table
 
 
-def test_temporalis_on_a_real_head_is_under_the_skin_beside_the_ears() -> None:
+@pytest.fixture(scope="module")
+def ixi_teacher() -> Teacher:
+    """The teacher's labels of the IXI head, registered once for the tests that read them."""
     if not IXI.is_file():
         need_shared(IXI)
+    from training.teacher import TeacherLabeller, read_head
+
+    return TeacherLabeller().label(read_head(IXI))
+
+
+def test_temporalis_on_a_real_head_is_under_the_skin_beside_the_ears(ixi_teacher: Teacher) -> None:
     from scipy import ndimage as ndi
 
-    from training.teacher import GRID_MM, TeacherLabeller, read_head
+    from training.teacher import GRID_MM
     from worker.types import FaceLabel
 
-    teacher = TeacherLabeller().label(read_head(IXI))
+    teacher = ixi_teacher
     region = teacher.temporalis
     ml = region.sum() * GRID_MM**3 / 1000
     assert 20 < ml < 120
@@ -158,15 +167,13 @@ def test_a_wider_ear_margin_only_adds_ear_voxels_and_keeps_the_face() -> None:
     assert shallow_ears.sum() < ears.sum() and not (shallow_ears & ~ears).any()
 
 
-def test_the_teacher_ear_label_is_the_skin_layer_not_the_temporalis() -> None:
-    if not IXI.is_file():
-        need_shared(IXI)
+def test_the_teacher_ear_label_is_the_skin_layer_not_the_temporalis(ixi_teacher: Teacher) -> None:
     from scipy import ndimage as ndi
 
-    from training.teacher import EAR_LAYER_MM, GRID_MM, TeacherLabeller, read_head
+    from training.teacher import EAR_LAYER_MM, GRID_MM
     from worker.types import FaceLabel
 
-    teacher = TeacherLabeller().label(read_head(IXI))
+    teacher = ixi_teacher
     ears = teacher.labels == FaceLabel.EARS
     assert 30 < ears.sum() * GRID_MM**3 / 1000 < 150, "both auricles and the skin around them"
     depth = ndi.distance_transform_edt(teacher.head) * GRID_MM
