@@ -29,6 +29,7 @@ from evaluation.detector import (
     save_render,
     strongest,
 )
+from evaluation.grid_picture import GridPictures, write_grid
 from evaluation.heads import (
     CONTRASTS,
     DEFAULT_HEADS,
@@ -166,6 +167,7 @@ class Evaluation:
         self.detector = detector or FaceDetector()
         self.on_step = on_step or (lambda _text: None)
         self.renders_dir = renders_dir
+        self.pictures = GridPictures()  # renders for `pediface evaluate --grid`
         self._labeller: Any = None
         self.teachers: dict[str, Any] = {}  # real heads' teacher labels, by head name (pictures)
 
@@ -179,13 +181,15 @@ class Evaluation:
         return self._labeller
 
     def _views(
-        self, volume: Volume, grid: sitk.Image, threshold: float, tag: str
+        self, volume: Volume, grid: sitk.Image, threshold: float, head: str, column: str
     ) -> dict[str, list[FaceBox]]:
         renders = render_views(lps_array(volume, RENDER_MM, grid), RENDER_MM, threshold)
         found = {view: self.detector.detect(image) for view, image in renders.items()}
-        if self.renders_dir is not None:
-            for view, image in renders.items():
-                save_render(image, accepted_faces(found[view]), self.renders_dir / f"{tag}_{view}.png")
+        for view, image in renders.items():
+            faces = accepted_faces(found[view])
+            self.pictures.add(head, column, view, image, faces)
+            if self.renders_dir is not None:
+                save_render(image, faces, self.renders_dir / f"{head}_{column}_{view}.png")
         return found
 
     def _reference(
@@ -193,7 +197,7 @@ class Evaluation:
     ) -> _Reference:
         grid = lps_reference(volume)
         threshold = surface_threshold(lps_array(volume, RENDER_MM, grid))
-        before = self._views(volume, grid, threshold, f"{name}_before")
+        before = self._views(volume, grid, threshold, name, "before")
         image = teacher_image if teacher_image is not None else volume.to_sitk(np.float32)
         teacher_grid = ears = brain = None
         ref = _Reference(image, None, None, None, grid, threshold, before)
@@ -214,7 +218,9 @@ class Evaluation:
         result = Result(name, spec_kind, label, held_out, done.outcome, seconds=_round(done.seconds, 2))
         after_views = None
         if done.after is not None:
-            after_views = self._views(done.after, ref.render_grid, ref.threshold, f"{name}_{label}")
+            after_views = self._views(done.after, ref.render_grid, ref.threshold, name, label)
+        else:
+            self.pictures.refused(name, label, done.outcome)
         for view, boxes in ref.before_views.items():
             after_boxes = after_views[view] if after_views is not None else []
             result.views[view] = ViewResult(
@@ -366,10 +372,12 @@ def run(
     on_item: Callable[[str], None] | None = None,
     on_step: Callable[[str], None] | None = None,
     renders_dir: Path | None = None,
+    grid: Path | None = None,
 ) -> list[Result]:
     """The whole evaluation; ``on_item`` is called once per head (and synthetic set) finished.
 
-    ``renders_dir``: see :class:`Evaluation`.
+    ``renders_dir``: see :class:`Evaluation`. ``grid``: write the before/after picture of every head
+    there (:mod:`evaluation.grid_picture`).
 
     Raises
     ------
@@ -397,6 +405,8 @@ def run(
         results.extend(evaluation.synthetic_heads(synthetic))
         if on_item:
             on_item("synthetic")
+    if grid is not None:
+        write_grid(evaluation.pictures, grid)
     return results
 
 

@@ -362,6 +362,14 @@ def evaluate(
             "face boxes in red: look at any face still detected after defacing.",
         ),
     ] = None,
+    grid: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Write one PNG of every head before and after each masker (front and 45 degrees left, "
+            "accepted face boxes in red), a row per head: the page to scan by eye.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate face maskers on the real heads in ../shared/data and on synthetic children.
 
@@ -410,6 +418,7 @@ def evaluate(
                 on_item=lambda _name: progress.advance(task),
                 on_step=lambda text: progress.update(task, description=text),
                 renders_dir=renders,
+                grid=grid,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"pediface: {exc}", err=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 from typer.testing import CliRunner
 
 from evaluation.detector import FaceBox, accepted_faces, detect_faces
@@ -140,7 +141,9 @@ def test_renderer_and_detector_find_the_face(
     assert box.w > 100  # mm (1 mm pixels): an adult face, not a speck
 
 
-def test_no_face_after_the_template_masker(ixi_renders: tuple[Volume, float, dict[str, np.ndarray]]) -> None:
+@pytest.fixture(scope="module")
+def ixi_after(ixi_renders: tuple[Volume, float, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The IXI head's renders after the template masker."""
     from worker.deface import load_masker
 
     volume, threshold, _renders = ixi_renders
@@ -153,8 +156,42 @@ def test_no_face_after_the_template_masker(ixi_renders: tuple[Volume, float, dic
         volume.direction,
     )
     array = lps_array(after, reference=lps_reference(volume))
-    renders = render_views(array, 1.0, threshold)
-    assert detect_faces(renders["front"]) == []
+    return render_views(array, 1.0, threshold)
+
+
+def test_no_face_after_the_template_masker(ixi_after: dict[str, np.ndarray]) -> None:
+    assert detect_faces(ixi_after["front"]) == []
+
+
+def test_the_grid_shows_each_head_before_and_after_with_the_faces_outlined(
+    ixi_renders: tuple[Volume, float, dict[str, np.ndarray]], ixi_after: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    from evaluation.grid_picture import CELL_PX, GRID_VIEWS, GridPictures, write_grid
+
+    _volume, _threshold, before = ixi_renders
+    pictures = GridPictures()
+    for view in VIEWS:  # as the evaluation adds them: every view; the grid keeps two
+        pictures.add("ixi012", "before", view, before[view], detect_faces(before[view]))
+        pictures.add("ixi012", "template", view, ixi_after[view], detect_faces(ixi_after[view]))
+    pictures.refused("negctrl-6y", "template", "refused (mask.registration)")
+    assert pictures.columns == ["before", "template"] and list(pictures.cells) == ["ixi012", "negctrl-6y"]
+    assert set(pictures.cells["ixi012"]["before"].renders) == set(GRID_VIEWS)
+
+    path = write_grid(pictures, tmp_path / "docs" / "grid.png")
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    cell_w = len(GRID_VIEWS) * CELL_PX + 6
+    assert image.shape == (22 + 2 * (CELL_PX + 6), 110 + 2 * cell_w, 3)
+    red = (image[..., 0] > 200) & (image[..., 1] < 80) & (image[..., 2] < 80)
+    first_row = slice(22, 22 + CELL_PX)
+    before_cell, after_cell = slice(110, 110 + cell_w), slice(110 + cell_w, 110 + 2 * cell_w)
+    assert red[first_row, before_cell].sum() > 100, "the face found before defacing is outlined"
+    assert not red[first_row, after_cell].any(), "no face outlined after the template masker"
+    assert (image[first_row, after_cell].max(axis=-1) > 60).mean() > 0.2, "the defaced head is drawn"
+    # The negative control's "before" was never rendered, its masker refused: two dark cells.
+    second_row = image[22 + CELL_PX + 6 : 22 + 2 * CELL_PX + 6]
+    assert (second_row[:, 110:].max(axis=-1) < 80).mean() > 0.95
+    with pytest.raises(ValueError, match="nothing to draw"):
+        write_grid(GridPictures(), tmp_path / "empty.png")
 
 
 def test_evaluate_help() -> None:
