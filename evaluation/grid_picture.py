@@ -40,6 +40,8 @@ class GridPictures:
 
     cells: dict[str, dict[str, Cell]] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    #: A longer row title than the head's name, where there is one (a synthetic head's contrast).
+    titles: dict[str, str] = field(default_factory=dict)
 
     def add(self, head: str, column: str, view: str, image: np.ndarray, faces: list[FaceBox]) -> None:
         if view in GRID_VIEWS:
@@ -79,7 +81,7 @@ def grid_picture(pictures: GridPictures) -> Image.Image:
         draw.text((_LABEL_W + index * cell_w + 4, 4), title, fill=_TEXT)
     for row, (head, cells) in enumerate(pictures.cells.items()):
         top = _TITLE_H + row * (CELL_PX + _GAP)
-        draw.text((4, top + CELL_PX // 2 - 6), head, fill=_TEXT)
+        draw.multiline_text((4, top + CELL_PX // 2 - 6), pictures.titles.get(head, head), fill=_TEXT)
         for index, column in enumerate(pictures.columns):
             left = _LABEL_W + index * cell_w
             cell = cells.get(column, Cell(note="not run"))
@@ -97,7 +99,8 @@ def grid_picture(pictures: GridPictures) -> Image.Image:
 
 
 def write_grid(pictures: GridPictures, path: Path) -> Path:
-    """:func:`grid_picture` saved as PNG at ``path`` (its folder created)."""
+    """:func:`grid_picture` saved as PNG at ``path`` (its folder created), in 64 colours: grey renders,
+    red boxes and text need no more, and the file is half the size."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid_picture(pictures).save(path)
+    grid_picture(pictures).quantize(64).save(path, optimize=True)
     return path

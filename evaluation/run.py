@@ -323,6 +323,7 @@ class Evaluation:
             )
             # The synthetic head carries its own face and ear labels on its grid; the generator
             # returns no brain map, so brain voxels are not counted here.
+            self.pictures.titles[f"synth-{number:02d}"] = f"synth-{number:02d}\n{contrast}"
             ref = self._reference(f"synth-{number:02d}", volume, None, with_teacher=False)
             grid = sitk.GetImageFromArray(labels)
             grid.SetSpacing((OUT_MM,) * 3)

@@ -174,6 +174,7 @@ def test_the_grid_shows_each_head_before_and_after_with_the_faces_outlined(
         pictures.add("ixi012", "before", view, before[view], detect_faces(before[view]))
         pictures.add("ixi012", "template", view, ixi_after[view], detect_faces(ixi_after[view]))
     pictures.refused("negctrl-6y", "template", "refused (mask.registration)")
+    pictures.titles["negctrl-6y"] = "negctrl-6y\nskull-stripped"
     assert pictures.columns == ["before", "template"] and list(pictures.cells) == ["ixi012", "negctrl-6y"]
     assert set(pictures.cells["ixi012"]["before"].renders) == set(GRID_VIEWS)
 
