@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from common.errors import MaskingError
+from tests.anatomy import head_foreground, nose_tip, physical_points
 from worker.deface import MASKER_KINDS, FaceMasker, load_masker
 from worker.deface.template import FACE_FILE, TemplateMasker
 from worker.types import FaceLabel, FaceMask, Volume
@@ -58,31 +59,6 @@ def masker() -> FaceMasker:
 def head(request: pytest.FixtureRequest, masker: FaceMasker) -> tuple[Volume, FaceMask]:
     volume = HEADS_WITH_FACE[request.param]()
     return volume, masker.predict(volume)
-
-
-def physical_points(volume: Volume, indices_zyx: np.ndarray) -> np.ndarray:
-    """LPS millimetres of voxel indices given as rows of (z, y, x)."""
-    direction = np.asarray(volume.direction).reshape(3, 3)
-    scaled = indices_zyx[:, ::-1] * np.asarray(volume.spacing)
-    return np.asarray(volume.origin) + scaled @ direction.T
-
-
-def head_foreground(volume: Volume) -> np.ndarray:
-    """The head as the largest connected blob above 10 % of the 99th percentile."""
-    threshold = 0.1 * float(np.percentile(volume.array, 99))
-    image = sitk.GetImageFromArray((volume.array > threshold).astype(np.uint8))
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(image), sortByObjectSize=True) == 1
-    return sitk.GetArrayFromImage(largest).astype(bool)
-
-
-def nose_tip(volume: Volume, foreground: np.ndarray) -> tuple[int, int, int]:
-    """(z, y, x) index of the most anterior head voxel below the head's centre of mass."""
-    indices = np.argwhere(foreground)
-    points = physical_points(volume, indices)
-    lower = points[:, 2] < points[:, 2].mean()
-    candidates = np.flatnonzero(lower)
-    tip = candidates[np.argmin(points[candidates, 1])]  # smallest y = most anterior
-    return tuple(int(i) for i in indices[tip])  # type: ignore[return-value]
 
 
 def test_masker_is_a_face_masker(masker: FaceMasker) -> None:

@@ -19,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 from common.errors import MaskingError
+from tests.anatomy import head_foreground, nose_tip, physical_points
 from worker.deface import FaceMasker, load_masker
 from worker.types import FaceLabel, FaceMask, Volume
 
@@ -70,27 +71,6 @@ def masker(request: pytest.FixtureRequest) -> FaceMasker:
 def head(request: pytest.FixtureRequest, masker: FaceMasker) -> tuple[Volume, FaceMask]:
     volume = read_nifti(HEADS_WITH_FACE[request.param])
     return volume, masker.predict(volume)
-
-
-def physical_points(volume: Volume, indices_zyx: np.ndarray) -> np.ndarray:
-    direction = np.asarray(volume.direction).reshape(3, 3)
-    return np.asarray(volume.origin) + (indices_zyx[:, ::-1] * np.asarray(volume.spacing)) @ direction.T
-
-
-def head_foreground(volume: Volume) -> np.ndarray:
-    threshold = 0.1 * float(np.percentile(volume.array, 99))
-    image = sitk.GetImageFromArray((volume.array > threshold).astype(np.uint8))
-    largest = sitk.RelabelComponent(sitk.ConnectedComponent(image), sortByObjectSize=True) == 1
-    return sitk.GetArrayFromImage(largest).astype(bool)
-
-
-def nose_tip(volume: Volume, foreground: np.ndarray) -> tuple[int, int, int]:
-    """(z, y, x) of the most anterior head voxel below the head's centre of mass (LPS: smallest y)."""
-    indices = np.argwhere(foreground)
-    points = physical_points(volume, indices)
-    candidates = np.flatnonzero(points[:, 2] < points[:, 2].mean())
-    tip = candidates[np.argmin(points[candidates, 1])]
-    return tuple(int(i) for i in indices[tip])  # type: ignore[return-value]
 
 
 def test_shipped_model_loads_checked(masker: FaceMasker) -> None:
