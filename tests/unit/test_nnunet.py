@@ -11,7 +11,9 @@ is skipped without it. The model itself is in the repository (models/nnunet-face
 
 from __future__ import annotations
 
+import functools
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -251,10 +253,28 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * int((a & b).sum()) / max(int(a.sum()) + int(b.sum()), 1)
 
 
+def _read_case(head_name: str) -> Volume:
+    if head_name == "ixi012":
+        return read_nifti(HEADS_WITH_FACE["ixi012"])
+    from worker.volume.pixels import build_volume
+    from worker.volume.read import read_instances
+
+    series = DATA / "dicom" / "dcm_qa_decubitus" / "siemens_t1_fl2d_sag_4mm_HFP"
+    return build_volume(read_instances(sorted(series.glob("*.dcm"))))
+
+
 @pytest.fixture(scope="module")
-def reference() -> FaceMask:
-    """Today's output: nnU-Net's own predictor on torch, on CPU."""
-    return load_masker("nnunet", MODEL_DIR, threads=2, backend="torch", device="cpu")
+def reference() -> Callable[[str], tuple[Volume, np.ndarray]]:
+    """Today's output, nnU-Net's own predictor on torch on CPU: each head read and predicted once, for
+    every runtime and precision compared with it."""
+    masker = load_masker("nnunet", MODEL_DIR, threads=2, backend="torch", device="cpu")
+
+    @functools.cache
+    def predicted(head_name: str) -> tuple[Volume, np.ndarray]:
+        volume = _read_case(head_name)
+        return volume, masker.predict(volume).labels
+
+    return predicted
 
 
 def _runtimes() -> list[str]:
@@ -276,7 +296,7 @@ def _cases() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("head_name", "runtime", "precision"), _cases())
 def test_onnx_backend_gives_nnunets_masks(
-    reference: FaceMasker, head_name: str, runtime: str, precision: str
+    reference: Callable[[str], tuple[Volume, np.ndarray]], head_name: str, runtime: str, precision: str
 ) -> None:
     """The ONNX export, run by this module's own nnU-Net inference (normalisation, padding, Gaussian
     sliding window, mirroring), masks as nnUNetPredictor does: on a head that fits one patch (IXI,
@@ -285,16 +305,9 @@ def test_onnx_backend_gives_nnunets_masks(
 
     if available_runtime(runtime) is None:
         pytest.skip("no ONNX runtime installed (openvino or onnxruntime: the worker extra)")
-    if head_name == "ixi012":
-        volume = read_nifti(HEADS_WITH_FACE["ixi012"])
-    else:
-        from worker.volume.pixels import build_volume
-        from worker.volume.read import read_instances
-
-        series = DATA / "dicom" / "dcm_qa_decubitus" / "siemens_t1_fl2d_sag_4mm_HFP"
-        volume = build_volume(read_instances(sorted(series.glob("*.dcm"))))
+    volume, expected = reference(head_name)
     onnx = load_masker("nnunet", MODEL_DIR, threads=2, backend="onnx", runtime=runtime, precision=precision)
-    expected, got = reference.predict(volume).labels, onnx.predict(volume).labels
+    got = onnx.predict(volume).labels
     for label in (FaceLabel.FACE, FaceLabel.EARS):
         assert (expected == label).any()
         dice = _dice(got == label, expected == label)
