@@ -8,7 +8,10 @@ from pathlib import Path
 from common.machine import describe
 
 REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-_HEADER = "# Benchmarks\n\nEach section below is rewritten by the benchmark that names it; run them with `make bench`.\n"
+_HEADER = (
+    "# Benchmarks\n\nEach section below is rewritten by the benchmark that names it; "
+    "run them with `make bench`.\n"
+)
 
 
 machine = describe

@@ -34,7 +34,8 @@ class PeerSettings(_Section):
 
     ae_title: AETitle = Field(description="Calling AE title of the PACS, router or scanner.")
     hosts: list[str] = Field(
-        description="Addresses it connects from: IP addresses, CIDR networks or host names (resolved at start).",
+        description="Addresses it connects from: IP addresses, CIDR networks or host names "
+        "(resolved at start).",
         min_length=1,
     )
     max_associations: int = Field(4, ge=1, description="Associations it may hold open at once.")
@@ -208,8 +209,9 @@ class RoutingSettings(_Section):
 
     rules: list[RoutingRule] = Field(
         default_factory=list,
-        description="Rules tried in order; the first that matches decides. Each: name, action (process|drop), "
-        "and any of modality, body_part, series_description, protocol_name, sop_class.",
+        description="Rules tried in order; the first that matches decides. Each: name, "
+        "action (process|drop), and any of modality, body_part, series_description, protocol_name, "
+        "sop_class.",
     )
     default_action: Literal["process", "drop"] = Field(
         "process", description="What happens to a series no rule matches."
@@ -236,13 +238,14 @@ class DefaceSettings(_Section):
 
     masker: MaskerKind = Field(
         MaskerKind.nnunet,
-        description="Face masker: 'nnunet' (face and ears, models/nnunet-face) or 'template' (pydeface's template "
-        "registered to the head; face only).",
+        description="Face masker: 'nnunet' (face and ears, models/nnunet-face) or "
+        "'template' (pydeface's template registered to the head; face only).",
     )
     model_dir: Path | None = Field(
         None,
-        description="Model folder. Empty: the one shipped in models/ for the chosen masker. A model installed "
-        "with `pediface model import` (e.g. the paper's nnU-Net v1 weights) is <data_dir>/models/NAME.",
+        description="Model folder. Empty: the one shipped in models/ for the chosen masker. "
+        "A model installed with `pediface model import` (e.g. the paper's nnU-Net v1 weights) is "
+        "<data_dir>/models/NAME.",
     )
     margin_mm: float = Field(4.0, ge=0, le=20, description="Safety margin the mask is dilated by.")
     remove_ears: bool = Field(True, description="Blank the ears as well when the masker labels them.")
@@ -364,7 +367,8 @@ class DestinationSettings(_Section):
 
     name: str = Field(
         "archive",
-        description="Name of the destination in routing rules, logs, metrics and job records (letters, digits, "
+        description="Name of the destination in routing rules, logs, metrics and job records "
+        "(letters, digits, "
         "_ and -).",
         pattern=_DESTINATION_NAME.pattern,
     )
@@ -399,7 +403,8 @@ class ConsoleSettings(_Section):
 
     enabled: bool = Field(
         True,
-        description="Serve the web console (series list, QC pictures, quarantine) beside /metrics. It refuses "
+        description="Serve the web console (series list, QC pictures, quarantine) beside /metrics. "
+        "It refuses "
         "to start on a metrics.host other than 127.0.0.1/::1 unless username and password_hash are set.",
     )
     username: str | None = Field(
@@ -415,7 +420,8 @@ class ConsoleSettings(_Section):
     )
     honest_broker: bool = Field(
         False,
-        description="Honest-broker permission: also show the calling AE title of each series. The console never "
+        description="Honest-broker permission: also show the calling AE title of each series. "
+        "The console never "
         "shows patient names, patient IDs or original UIDs.",
     )
 

@@ -74,7 +74,6 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_ROWS = 500
 
 
-
 @dataclass
 class Response:
     status: int
@@ -362,7 +361,8 @@ class Console:
         if row.has_qc:
             qc = (
                 f'<img class="qc" id="qc" src="/console/jobs/{_e(row.job_id)}/qc.png" width="960" '
-                'height="660" alt="before/after: mid-sagittal slice, front and side surface renders, mask outlined">'
+                'height="660" alt="before/after: mid-sagittal slice, front and side surface renders, '
+                'mask outlined">'
                 '<p class="muted">Top: before; bottom: after. Red outline: the face mask; yellow: the ears.'
                 "</p>"
             )

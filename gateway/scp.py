@@ -161,7 +161,9 @@ class ReceiptAudit:
     lines: JsonLines
     key: bytes
 
-    def record(self, event: Event, outcome: str, series: str = "", sop_uid: str = "", reason: str = "") -> None:
+    def record(
+        self, event: Event, outcome: str, series: str = "", sop_uid: str = "", reason: str = ""
+    ) -> None:
         try:
             self.lines.write(
                 "instance_received",

@@ -155,7 +155,9 @@ def run(config: ConfigOption = None) -> None:
 @app.command()
 def train(
     model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="Where to write the model folder.")],
-    work_dir: Annotated[Path, typer.Option(help="Scratch space for nnU-Net's data.")] = Path("/tmp/pediface-train"),
+    work_dir: Annotated[Path, typer.Option(help="Scratch space for nnU-Net's data.")] = Path(
+        "/tmp/pediface-train"
+    ),
     cases: Annotated[int, typer.Option(help="Synthetic training cases to generate.")] = 120,
     iterations: Annotated[int, typer.Option(help="Training iterations.")] = 500,
     budget_s: Annotated[float | None, typer.Option(help="Stop training after this many seconds.")] = None,

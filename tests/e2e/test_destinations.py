@@ -153,7 +153,9 @@ def test_an_unreachable_archive_holds_up_no_other_and_gets_the_series_when_back(
     port = free_port()
     settings = _settings(
         tmp_path,
-        destinations=[{"name": "pacs-b", "kind": "dicom", "ae_title": "ARCHIVE", "port": port, "timeout_s": 5}],
+        destinations=[
+            {"name": "pacs-b", "kind": "dicom", "ae_title": "ARCHIVE", "port": port, "timeout_s": 5}
+        ],
     )
     job_id = _spooled_job(settings.data_dir, small_series)
     runner = JobRunner(settings, lambda: build_masker(settings))
@@ -169,7 +171,9 @@ def test_an_unreachable_archive_holds_up_no_other_and_gets_the_series_when_back(
 
     received = tmp_path / "b"
     received.mkdir()
-    proc = processes.start("storescp", [need_tool("storescp"), "-aet", "ARCHIVE", "-od", str(received), str(port)])
+    proc = processes.start(
+        "storescp", [need_tool("storescp"), "-aet", "ARCHIVE", "-od", str(received), str(port)]
+    )
     wait_for_port(port, proc=proc)
     assert runner.run(job_id).state == "sent"
     assert len(list(received.glob("MR.*"))) == len(small_series)
@@ -187,7 +191,9 @@ def test_an_unreachable_archive_holds_up_no_other_and_gets_the_series_when_back(
     assert 'pediface_stage_seconds_count{stage="mask"} 1.0' in metrics
 
 
-def test_a_send_cut_short_resumes_without_sending_anything_twice(tmp_path: Path, small_series: list[Path]) -> None:
+def test_a_send_cut_short_resumes_without_sending_anything_twice(
+    tmp_path: Path, small_series: list[Path]
+) -> None:
     """The archive fills up after 20 instances (0xA700); once it has room, the retry sends only the rest."""
     from common.errors import DeliveryError
     from worker.deface import build_masker
@@ -237,14 +243,20 @@ def test_routing_rules_choose_destinations(tmp_path: Path, small_series: list[Pa
     for path in small_series[:2]:
         spool.store_instance(key, "PACS", str(pydicom.dcmread(path).SOPInstanceUID), path.read_bytes())
     sealer = Sealer(
-        spool, 0.01, lambda job: None, routing=settings.routing, destinations=[d.name for d in settings.all_destinations]
+        spool,
+        0.01,
+        lambda job: None,
+        routing=settings.routing,
+        destinations=[d.name for d in settings.all_destinations],
     )
     time.sleep(0.05)
     [job_id] = sealer.run_once()
     assert spool.load(job_id).destinations == ["neuro"]
 
 
-def test_the_study_quiet_period_waits_for_every_series_of_the_study(tmp_path: Path, small_series: list[Path]) -> None:
+def test_the_study_quiet_period_waits_for_every_series_of_the_study(
+    tmp_path: Path, small_series: list[Path]
+) -> None:
     """Two interleaved series of one study: the quiet one is not sealed while the other still receives."""
     from gateway.server import Sealer
     from spool.manifest import series_key, study_key
@@ -267,7 +279,9 @@ def test_the_study_quiet_period_waits_for_every_series_of_the_study(tmp_path: Pa
     # Without the study period, the same two series: the quiet one goes on its own, its mate waits.
     other = Spool(tmp_path / "other")
     for n, key in enumerate(keys):
-        other.store_instance(key, "PACS", f"1.2.3.9.{n}", small_series[n].read_bytes(), study_key("PACS", "1.2.3"))
+        other.store_instance(
+            key, "PACS", f"1.2.3.9.{n}", small_series[n].read_bytes(), study_key("PACS", "1.2.3")
+        )
     os.utime(other.incoming / keys[0], (now - 10, now - 10))
     os.utime(other.incoming / keys[1], (now + 60, now + 60))  # still receiving
     [alone] = Sealer(other, 1.0, sealed.append).run_once()

@@ -111,7 +111,9 @@ def test_redis_gateway_worker_storescp(tmp_path: Path, processes: Processes) -> 
     # The face mask as a DICOM Segmentation, for QC at the archive (dcmtk names such files SG.*).
     (seg,) = archive_dir.glob("SG.*")
     seg_ds = pydicom.dcmread(seg)
-    assert seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(output[0]).SeriesInstanceUID
+    assert (
+        seg_ds.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(output[0]).SeriesInstanceUID
+    )
     print(f"\nredis end-to-end: {elapsed:.1f} s from first C-STORE to delivery; {figures}")
     # The gateway process never loaded torch or SimpleITK (their shared libraries would be mapped).
     maps = Path(f"/proc/{gateway.pid}/maps").read_text()
@@ -125,7 +127,9 @@ def test_embedded_default_needs_no_redis(tmp_path: Path, processes: Processes) -
     port = free_port()
     data_dir = tmp_path / "data"
     broker_file = tmp_path / "honest-broker.jsonl"
-    config = write_config(tmp_path / "pediface.yaml", data_dir, port, audit={"honest_broker_file": str(broker_file)})
+    config = write_config(
+        tmp_path / "pediface.yaml", data_dir, port, audit={"honest_broker_file": str(broker_file)}
+    )
     run = processes.pediface("run", "run", env={"PEDIFACE_CONFIG": str(config)})
     wait_for_port(port, proc=run)
 
@@ -161,7 +165,10 @@ def assert_audit_trail(audit_file: Path, broker_file: Path, originals: list[Path
     received = [e for e in events if e["event"] == "instance_received" and e["outcome"] == "stored"]
     assert len(received) == len(originals)
     assert len({e["instance"] for e in received}) == len(originals)
-    assert [e["event"] for e in events if e["event"] != "instance_received"] == ["series_processed", "series_sent"]
+    assert [e["event"] for e in events if e["event"] != "instance_received"] == [
+        "series_processed",
+        "series_sent",
+    ]
     first = pydicom.dcmread(originals[0], stop_before_pixels=True)
     for original in (first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID):
         assert str(original) not in text, "an original UID is in the audit log"

@@ -24,6 +24,7 @@ from tests.conftest import UIH, Processes, free_port, need_shared, need_tool, wa
 
 pytestmark = pytest.mark.e2e
 
+
 def config(tmp_path: Path, **sections: dict) -> tuple[dict[str, str], Path, int]:
     data_dir, port = tmp_path / "data", free_port()
     settings: dict = {
@@ -74,7 +75,9 @@ def delivered_once(data_dir: Path, archive: Path, expected: int, timeout_s: floa
 
 
 @pytest.mark.slow(seconds=58)
-def test_gateway_killed_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path, processes: Processes) -> None:
+def test_gateway_killed_mid_transfer_loses_no_acknowledged_instance(
+    tmp_path: Path, processes: Processes
+) -> None:
     need_shared(UIH)
     originals = sorted(UIH.glob("*.dcm"))
     archive_port = free_port()
@@ -119,7 +122,11 @@ def test_gateway_killed_mid_transfer_loses_no_acknowledged_instance(tmp_path: Pa
 @pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("broker", ["embedded", "redis"])
 def test_archive_down_then_back_is_delivered_after_retries(
-    tmp_path: Path, processes: Processes, small_series: list[Path], own_redis: tuple[int, list[str]], broker: str
+    tmp_path: Path,
+    processes: Processes,
+    small_series: list[Path],
+    own_redis: tuple[int, list[str]],
+    broker: str,
 ) -> None:
     """Celery's retry with backoff on both brokers: the folder broker of `pediface run`, and Redis with
     a separate gateway and worker (the retry is a new message with an ETA that Redis must keep)."""
@@ -222,7 +229,9 @@ def test_redis_killed_and_restarted_loses_nothing(
     # No worker yet: the task waits in Redis; then Redis is killed (kill -9, no chance to save) and
     # restarts from its append-only file, fsynced on every write.
     assert storescu(port, *small_series).returncode == 0
-    wait_until(lambda: any(j["state"] == "dispatched" for j in jobs(data_dir)), 60, "the job to be dispatched")
+    wait_until(
+        lambda: any(j["state"] == "dispatched" for j in jobs(data_dir)), 60, "the job to be dispatched"
+    )
     redis.kill()
     redis.wait(timeout=30)
     processes.start("redis2", redis_argv)
@@ -246,10 +255,22 @@ def test_redis_killed_and_restarted_empty_loses_nothing(
     gone) does not lose the job. The gateway finds the job the broker forgot and dispatches it
     again; it is delivered exactly once."""
     server, redis_port = need_tool("redis-server"), free_port()
-    redis_argv = [server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    redis_argv = [
+        server,
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
     env, data_dir, port, redis = on_redis(tmp_path, processes, redis_argv, redis_port, reconcile_interval_s=1)
     assert storescu(port, *small_series).returncode == 0
-    wait_until(lambda: any(j["state"] == "dispatched" for j in jobs(data_dir)), 60, "the job to be dispatched")
+    wait_until(
+        lambda: any(j["state"] == "dispatched" for j in jobs(data_dir)), 60, "the job to be dispatched"
+    )
     redis.kill()
     redis.wait(timeout=30)
     processes.start("redis2", redis_argv)  # empty: the queued task is gone
@@ -304,7 +325,9 @@ def test_quarantine_list_retry_purge_from_the_command_line(tmp_path: Path, small
     JobRunner(settings, lambda: build_masker(settings)).run(manifest.job_id)
     refused = subprocess.run([*cli, "purge", manifest.job_id], capture_output=True, text=True, env=full_env)
     assert refused.returncode == 2 and (spool.quarantine_dir / manifest.job_id).exists()
-    purged = subprocess.run([*cli, "purge", "--yes", manifest.job_id], capture_output=True, text=True, env=full_env)
+    purged = subprocess.run(
+        [*cli, "purge", "--yes", manifest.job_id], capture_output=True, text=True, env=full_env
+    )
     assert purged.returncode == 0 and not (spool.quarantine_dir / manifest.job_id).exists()
     shutil.rmtree(data_dir)
 

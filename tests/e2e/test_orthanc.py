@@ -21,7 +21,9 @@ from tests.e2e.test_faults import config
 pytestmark = pytest.mark.e2e
 
 
-def orthanc(processes: Processes, tmp: Path, name: str, aet: str, modalities: dict | None = None) -> tuple[int, str]:
+def orthanc(
+    processes: Processes, tmp: Path, name: str, aet: str, modalities: dict | None = None
+) -> tuple[int, str]:
     dicom_port, http_port = free_port(), free_port()
     settings = {
         "Name": name,
@@ -68,7 +70,9 @@ def test_orthanc_pacs_to_pediface_to_orthanc_archive(tmp_path: Path, processes: 
         rest(pacs, "/instances", path.read_bytes())
     (study,) = rest(pacs, "/studies")
     # The PACS forwards the study, as a routing rule would.
-    job = rest(pacs, "/modalities/pediface/store", json.dumps({"Resources": [study], "Synchronous": True}).encode())
+    job = rest(
+        pacs, "/modalities/pediface/store", json.dumps({"Resources": [study], "Synchronous": True}).encode()
+    )
     assert isinstance(job, dict)
 
     def archived() -> list[str]:

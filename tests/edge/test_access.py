@@ -41,7 +41,16 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
 
 
 def echo(gw: Gateway, calling: str) -> subprocess.CompletedProcess:
-    argv = [need_tool("echoscu"), "-v", "-aet", calling, "-aec", "PEDIFACE", "127.0.0.1", str(gw.settings.dicom.port)]
+    argv = [
+        need_tool("echoscu"),
+        "-v",
+        "-aet",
+        calling,
+        "-aec",
+        "PEDIFACE",
+        "127.0.0.1",
+        str(gw.settings.dicom.port),
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 

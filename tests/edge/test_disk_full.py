@@ -19,7 +19,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB tmpfs (needs root; skipped, saying so, without it)."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True
+    )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.decode().strip()}")
     yield mount_point

@@ -35,7 +35,9 @@ def test_first_matching_rule_decides_then_the_default() -> None:
     )
     assert decide(routing, HEADER).rule == "mr-head"
     assert decide(routing, {**HEADER, "SeriesDescription": "3-plane LOCALIZER"}).action == "drop"
-    assert decide(routing, {**HEADER, "Modality": "CT"}) == decide(routing, {**HEADER, "BodyPartExamined": "KNEE"})
+    assert decide(routing, {**HEADER, "Modality": "CT"}) == decide(
+        routing, {**HEADER, "BodyPartExamined": "KNEE"}
+    )
     assert decide(routing, {**HEADER, "Modality": "CT"}).rule == "default"
 
 

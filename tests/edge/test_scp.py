@@ -88,7 +88,9 @@ def test_wrong_called_ae_title_is_rejected(gateway: tuple[Gateway, Callable[[], 
     assert "Called AE Title Not Recognized" in result.stderr or "Association Rejected" in result.stderr
 
 
-def test_series_is_spooled_sealed_and_dispatched_once(gateway: tuple[Gateway, Callable[[], list[str]]]) -> None:
+def test_series_is_spooled_sealed_and_dispatched_once(
+    gateway: tuple[Gateway, Callable[[], list[str]]],
+) -> None:
     need_shared(UIH)
     gw, dispatched = gateway
     files = sorted(UIH.glob("*.dcm"))[:20]
@@ -110,7 +112,9 @@ def test_series_is_spooled_sealed_and_dispatched_once(gateway: tuple[Gateway, Ca
     assert not list(gw.spool.tmp.iterdir()), "temp files left behind"
 
 
-def test_unknown_sop_class_is_refused(gateway: tuple[Gateway, Callable[[], list[str]]], tmp_path: Path) -> None:
+def test_unknown_sop_class_is_refused(
+    gateway: tuple[Gateway, Callable[[], list[str]]], tmp_path: Path
+) -> None:
     gw, dispatched = gateway
     rtss = tmp_path / "rtss.dcm"
     pydicom.examples.rt_ss.save_as(rtss)
@@ -162,7 +166,8 @@ def test_corrupt_instance_fails_and_is_quarantined(
 def test_gateway_imports_neither_torch_nor_the_pipeline() -> None:
     code = (
         "import sys, gateway.server, gateway.scp, pediface.cli, spool.broker;"
-        "bad = [m for m in ('torch', 'nnunetv2', 'SimpleITK', 'worker', 'worker.pipeline') if m in sys.modules];"
+        "bad = [m for m in ('torch', 'nnunetv2', 'SimpleITK', 'worker', 'worker.pipeline') "
+        "if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -104,7 +104,10 @@ def test_missing_key_file_is_a_clear_start_up_error(tmp_path: Path, pki: Path) -
     settings = load_settings(
         None,
         data_dir=tmp_path / "data",
-        dicom={"port": free_port(), "tls": {"certificate": str(pki / "server.pem"), "private_key": "/nonexistent"}},
+        dicom={
+            "port": free_port(),
+            "tls": {"certificate": str(pki / "server.pem"), "private_key": "/nonexistent"},
+        },
         metrics={"port": 0},
     )
     with pytest.raises(ValueError, match="DICOM TLS files cannot be used"):

@@ -129,7 +129,9 @@ def test_an_anisotropic_imported_model_runs_through_the_masker(v1_imported: Path
     # A piece of the head only: the path is what is tested here; a whole head at 1 x 1 x 3.5 mm is
     # hundreds of tiles of this model's small patch.
     size = head.GetSize()
-    volume = Volume.from_sitk(sitk.RegionOfInterest(head, [40, 40, 30], [size[0] // 2 - 20, 0, size[2] // 2 - 15]))
+    volume = Volume.from_sitk(
+        sitk.RegionOfInterest(head, [40, 40, 30], [size[0] // 2 - 20, 0, size[2] // 2 - 15])
+    )
     grid = masker._to_model_grid(volume.array, Geometry.of(volume))
     assert grid.GetSpacing() == (3.5, 1.0, 1.0)
     array = sitk.GetArrayFromImage(grid)[None]

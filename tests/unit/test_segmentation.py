@@ -23,7 +23,9 @@ KEY = b"segmentation-test-key-0123456789"
 def defaced(tmp_path_factory: pytest.TempPathFactory):
     files = write_sample_series(MODEL / "pydeface_mean_reg2mean.nii.gz", tmp_path_factory.mktemp("s"), 3.0)
     datasets = [pydicom.dcmread(p) for p in files]
-    result = deface_series(datasets, load_masker("template", MODEL), DeidPolicy(), KEY, mask_segmentation=True)
+    result = deface_series(
+        datasets, load_masker("template", MODEL), DeidPolicy(), KEY, mask_segmentation=True
+    )
     return datasets, result
 
 

@@ -62,7 +62,8 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, yaml_text: str, message: 
 
 def test_documented_defaults_file_is_current() -> None:
     assert (REPO / "config" / "pediface.yaml").read_text() == documented_yaml(), (
-        "config/pediface.yaml is stale: regenerate it with `pediface config --defaults > config/pediface.yaml`"
+        "config/pediface.yaml is stale: regenerate it with "
+        "`pediface config --defaults > config/pediface.yaml`"
     )
 
 

@@ -1,4 +1,4 @@
-"""The pixels of a stack as a :class:`~worker.types.Volume`, each z-slice remembering the frame it came from."""
+"""The pixels of a stack as a :class:`~worker.types.Volume`, each z-slice remembering its frame."""
 
 from __future__ import annotations
 
