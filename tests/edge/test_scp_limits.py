@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -23,9 +23,8 @@ from pynetdicom import AE
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import encode
 
-from config.settings import load_settings
 from gateway.server import Gateway
-from tests.conftest import free_port, wait_until
+from tests.conftest import wait_until
 from tests.edge.test_scp_refusals import (
     DATASET_DOES_NOT_MATCH,
     SUCCESS,
@@ -34,36 +33,18 @@ from tests.edge.test_scp_refusals import (
     _echo,
     _store,
 )
-from tests.logevents import Events, captured_events
+from tests.logevents import Events
 
 
 @pytest.fixture
-def events() -> Iterator[Events]:
-    with captured_events() as captured:
-        yield captured
-
-
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """A gateway in this process (embedded folder broker, no HTTP side) with its ``dicom`` settings."""
-    started: list[Gateway] = []
+def start_gateway(start_gateway: Callable[..., Gateway]) -> Callable[..., Gateway]:
+    """The edge tests' gateway (tests/edge/conftest.py) with series held open: nothing is sealed while
+    a test looks at what was stored or quarantined."""
 
     def start(dicom: dict | None = None) -> Gateway:
-        settings = load_settings(
-            None,
-            data_dir=tmp_path / "data",
-            dicom={"port": free_port(), **(dicom or {})},
-            series={"quiet_period_s": 60, "poll_interval_s": 0.2},
-            metrics={"port": 0},
-        )
-        gw = Gateway(settings)
-        gw.start()
-        started.append(gw)
-        return gw
+        return start_gateway(dicom=dicom, series={"quiet_period_s": 60})
 
-    yield start
-    for gw in started:
-        gw.stop()
+    return start
 
 
 def _header(small_series: list[Path], rows: int, columns: int, frames: int = 1) -> pydicom.Dataset:

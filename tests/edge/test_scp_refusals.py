@@ -29,45 +29,13 @@ from pynetdicom import AE, _config
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import encode
 
-from config.settings import load_settings
 from gateway.server import Gateway
 from spool.manifest import JobState
-from tests.conftest import free_port, wait_until
-from tests.logevents import Events, captured_events
+from tests.conftest import wait_until
+from tests.logevents import Events
 from tests.taskmessages import folder_messages
 
 SUCCESS, DATASET_DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA900, 0xC210
-
-
-@pytest.fixture
-def events() -> Iterator[Events]:
-    with captured_events() as captured:
-        yield captured
-
-
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """Start a gateway (embedded folder broker, no HTTP side) with some settings overridden."""
-    started: list[Gateway] = []
-
-    def start(**overrides: object) -> Gateway:
-        settings = load_settings(
-            None,
-            data_dir=tmp_path / "data",
-            dicom={"port": free_port()},
-            series={"quiet_period_s": 1.0, "poll_interval_s": 0.2},
-            metrics={"port": 0},
-            **overrides,
-        )
-        assert settings.embedded_broker, "these tests use the real folder broker"
-        gw = Gateway(settings)
-        gw.start()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
 
 
 @contextlib.contextmanager
