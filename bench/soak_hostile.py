@@ -54,9 +54,15 @@ class HostileSend:
         return self.outcome == "0x0000"
 
 
-def _file(
-    path: Path, dataset: bytes, sop: str, transfer_syntax: UID, sop_class: UID = sc.MRImageStorage
+def raw_dicom_file(
+    path: Path,
+    dataset: bytes,
+    sop: str,
+    transfer_syntax: UID = ExplicitVRLittleEndian,
+    sop_class: UID = sc.MRImageStorage,
 ) -> Path:
+    """A DICOM file: preamble, valid file meta naming ``sop``, then ``dataset`` byte for byte (hostile
+    data sets are written as they are, never decoded; also used by tests/edge)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop
@@ -137,7 +143,7 @@ class HostileSender(threading.Thread):
         mutate(data)
         sop = str(ds.SOPInstanceUID)
         return (
-            _file(self.work / f"{sop}.dcm", bytes(data), sop, ExplicitVRLittleEndian),
+            raw_dicom_file(self.work / f"{sop}.dcm", bytes(data), sop, ExplicitVRLittleEndian),
             sop,
             ExplicitVRLittleEndian,
         )
@@ -192,7 +198,7 @@ class HostileSender(threading.Thread):
         data = body + packer.flush(zlib.Z_FULL_FLUSH) + self._bomb_tail
         sop = str(ds.SOPInstanceUID)
         return (
-            _file(self.work / f"{sop}.dcm", data, sop, DeflatedExplicitVRLittleEndian),
+            raw_dicom_file(self.work / f"{sop}.dcm", data, sop, DeflatedExplicitVRLittleEndian),
             sop,
             DeflatedExplicitVRLittleEndian,
         )
@@ -204,7 +210,7 @@ class HostileSender(threading.Thread):
         ds["PixelData"].VR = "OB"
         sop = str(ds.SOPInstanceUID)
         return (
-            _file(self.work / f"{sop}.dcm", encode(ds, False, True) or b"", sop, RLELossless),
+            raw_dicom_file(self.work / f"{sop}.dcm", encode(ds, False, True) or b"", sop, RLELossless),
             sop,
             RLELossless,
         )
@@ -219,7 +225,7 @@ class HostileSender(threading.Thread):
         ds.PixelData = bytes(value)
         sop = str(ds.SOPInstanceUID)
         return (
-            _file(self.work / f"{sop}.dcm", encode(ds, False, True) or b"", sop, RLELossless),
+            raw_dicom_file(self.work / f"{sop}.dcm", encode(ds, False, True) or b"", sop, RLELossless),
             sop,
             RLELossless,
         )

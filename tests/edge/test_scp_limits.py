@@ -23,13 +23,13 @@ from pynetdicom import AE
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import encode
 
+from bench.soak_hostile import raw_dicom_file
 from gateway.server import Gateway
 from tests.conftest import wait_until
 from tests.edge.test_scp_refusals import (
     DATASET_DOES_NOT_MATCH,
     SUCCESS,
     _assert_refused,
-    _dicom_file,
     _echo,
     _store,
 )
@@ -74,7 +74,7 @@ def test_a_deflate_bomb_is_refused_before_it_is_inflated(
         sent += packer.compress(zeros)
     sent += packer.flush()
     assert len(sent) < 1 << 20
-    path = _dicom_file(tmp_path / "bomb.dcm", sent, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian)
+    path = raw_dicom_file(tmp_path / "bomb.dcm", sent, str(ds.SOPInstanceUID), DeflatedExplicitVRLittleEndian)
     status = _store(gw, path, (DeflatedExplicitVRLittleEndian,))
     reason = f"the Deflated data set inflates to more than {8 << 20} bytes (dicom.max_inflated_bytes)"
     _assert_refused(gw, events, status, DATASET_DOES_NOT_MATCH, "input.inflate_limit", reason, sent)
@@ -89,7 +89,7 @@ def test_a_deflated_instance_within_the_limit_is_stored(
     sent = encode(ds, False, True, deflated=True)
     assert sent is not None
     sop = str(ds.SOPInstanceUID)
-    path = _dicom_file(tmp_path / "deflated.dcm", sent, sop, DeflatedExplicitVRLittleEndian)
+    path = raw_dicom_file(tmp_path / "deflated.dcm", sent, sop, DeflatedExplicitVRLittleEndian)
     assert _store(gw, path, (DeflatedExplicitVRLittleEndian,)) == SUCCESS
     assert not list(gw.spool.quarantine_dir.iterdir())
     assert [p.name for p in gw.spool.incoming.glob("*/*.dcm")] == [f"{ds.SOPInstanceUID}.dcm"]
@@ -106,7 +106,7 @@ def test_frames_of_65535_x_65535_pixels_are_refused(
     ds["PixelData"].VR = "OB"
     sent = encode(ds, False, True)
     assert sent is not None
-    path = _dicom_file(tmp_path / "huge.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
+    path = raw_dicom_file(tmp_path / "huge.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
     status = _store(gw, path, (RLELossless,))
     reason = (
         f"the image declares {65535 * 65535} pixel values (65535 x 65535, 1 frames), "
@@ -161,7 +161,7 @@ def test_encapsulated_pixel_data_with_a_broken_fragment_table_is_refused(
     ds.PixelData = bytes(value)
     sent = encode(ds, False, True)
     assert sent is not None
-    path = _dicom_file(tmp_path / "fragments.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
+    path = raw_dicom_file(tmp_path / "fragments.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
     status = _store(gw, path, (RLELossless,))
     _assert_refused(gw, events, status, DATASET_DOES_NOT_MATCH, "input.encapsulation", reason, sent)
 
@@ -174,7 +174,7 @@ def test_a_sound_multi_frame_rle_instance_is_stored(
     ds = _rle_frames(small_series, 3)
     sent = encode(ds, False, True)
     assert sent is not None
-    path = _dicom_file(tmp_path / "rle.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
+    path = raw_dicom_file(tmp_path / "rle.dcm", sent, str(ds.SOPInstanceUID), RLELossless)
     assert _store(gw, path, (RLELossless,)) == SUCCESS
     assert not list(gw.spool.quarantine_dir.iterdir())
 

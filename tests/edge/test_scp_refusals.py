@@ -21,14 +21,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom import sop_class as sc
 from pynetdicom.dsutils import encode
 
+from bench.soak_hostile import raw_dicom_file
 from gateway.server import Gateway
 from spool.manifest import JobState
 from tests.conftest import wait_until
@@ -47,22 +45,6 @@ def _raw_sending() -> Iterator[None]:
         yield
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = before
-
-
-def _dicom_file(
-    path: Path, dataset: bytes, sop_uid: str, transfer_syntax: UID = ExplicitVRLittleEndian
-) -> Path:
-    """A DICOM file: preamble, valid file meta naming ``sop_uid``, then ``dataset`` byte for byte."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sc.MRImageStorage
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.10.1234")
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    path.write_bytes(b"\0" * 128 + b"DICM" + buffer.getvalue() + dataset)
-    return path
 
 
 def _store(
@@ -157,7 +139,7 @@ def test_sop_instance_uid_differing_from_the_request_is_refused_0xa900(
     in_request = str(ds.SOPInstanceUID)
     ds.SOPInstanceUID = generate_uid()
     sent = _encoded(ds)
-    status = _store(gw, _dicom_file(tmp_path / "mismatch.dcm", sent, in_request))
+    status = _store(gw, raw_dicom_file(tmp_path / "mismatch.dcm", sent, in_request))
     reason = "SOPInstanceUID in the data set differs from the C-STORE request's Affected SOP Instance UID"
     _assert_refused(gw, events, status, DATASET_DOES_NOT_MATCH, "input.uid", reason, sent)
 
@@ -170,7 +152,7 @@ def test_an_image_without_pixel_data_is_refused_0xa900(
     ds = _image(small_series)
     del ds.PixelData
     sent = _encoded(ds)
-    status = _store(gw, _dicom_file(tmp_path / "nopixels.dcm", sent, str(ds.SOPInstanceUID)))
+    status = _store(gw, raw_dicom_file(tmp_path / "nopixels.dcm", sent, str(ds.SOPInstanceUID)))
     _assert_refused(
         gw, events, status, DATASET_DOES_NOT_MATCH, "input.no_pixels", "the image has no Pixel Data", sent
     )
@@ -192,7 +174,7 @@ def test_invalid_rows_or_columns_are_refused_0xa900(
     else:
         ds.Columns = None
     sent = _encoded(ds)
-    status = _store(gw, _dicom_file(tmp_path / "badgrid.dcm", sent, str(ds.SOPInstanceUID)))
+    status = _store(gw, raw_dicom_file(tmp_path / "badgrid.dcm", sent, str(ds.SOPInstanceUID)))
     reason = "Rows, Columns or Bits Allocated missing or invalid"
     _assert_refused(gw, events, status, DATASET_DOES_NOT_MATCH, "input.image_pixel", reason, sent)
 
@@ -230,7 +212,7 @@ def test_bytes_that_cannot_be_decoded_are_refused_0xc210(
 ) -> None:
     """Encoded bytes pydicom cannot parse: 0xC210 ``input.undecodable``, the bytes kept as they came."""
     gw = start_gateway()
-    status = _store(gw, _dicom_file(tmp_path / "garbage.dcm", sent, generate_uid(), transfer_syntax))
+    status = _store(gw, raw_dicom_file(tmp_path / "garbage.dcm", sent, generate_uid(), transfer_syntax))
     _assert_refused(gw, events, status, CANNOT_UNDERSTAND, "input.undecodable", reason, sent)
 
 
