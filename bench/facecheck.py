@@ -124,24 +124,10 @@ def threshold_table(masker, check) -> tuple[str, dict[str, float]]:  # noqa: ANN
 
 
 def _broken_masker() -> Path:
-    """The tests' broken masker (face region cut to its upper half), built as the fixture builds it."""
-    import hashlib
-    import shutil
+    """The tests' broken masker (face region cut to its upper half), in a temporary folder."""
+    from evaluation.broken_masker import write_upper_face_masker
 
-    import nibabel as nib
-
-    source = REPO / "models" / "template-pydeface"
-    folder = Path(tempfile.mkdtemp()) / "template-upper-face"
-    shutil.copytree(source, folder)
-    image = nib.load(str(source / "pydeface_facemask.nii.gz"))
-    keep = np.asarray(image.dataobj).astype(np.float32)
-    rows = np.flatnonzero((keep == 0).any(axis=(0, 1)))
-    keep[:, :, : (rows.min() + rows.max()) // 2] = 1.0
-    nib.save(nib.Nifti1Image(keep, image.affine, image.header), str(folder / "pydeface_facemask.nii.gz"))
-    names = ("pydeface_mean_reg2mean.nii.gz", "pydeface_facemask.nii.gz", "LICENSE")
-    sums = [f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}" for n in names]
-    (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    return folder
+    return write_upper_face_masker(Path(tempfile.mkdtemp()) / "template-upper-face")
 
 
 def timing_table(masker) -> tuple[str, float]:  # noqa: ANN001

@@ -265,20 +265,6 @@ def upper_face_masker(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     On :func:`small_series` the face check still finds that face (docs/defacing.md, "Face check").
     """
-    import hashlib
+    from evaluation.broken_masker import write_upper_face_masker
 
-    import nibabel as nib
-    import numpy as np
-
-    source = REPO / "models" / "template-pydeface"
-    folder = tmp_path_factory.mktemp("upper-face-masker") / "template-upper-face"
-    shutil.copytree(source, folder)
-    image = nib.load(str(source / "pydeface_facemask.nii.gz"))
-    keep = np.asarray(image.dataobj).astype(np.float32)  # 1 keep, 0 face (RAS: the last axis runs up)
-    rows = np.flatnonzero((keep == 0).any(axis=(0, 1)))
-    keep[:, :, : (rows.min() + rows.max()) // 2] = 1.0
-    nib.save(nib.Nifti1Image(keep, image.affine, image.header), str(folder / "pydeface_facemask.nii.gz"))
-    names = ("pydeface_mean_reg2mean.nii.gz", "pydeface_facemask.nii.gz", "LICENSE")
-    sums = [f"{hashlib.sha256((folder / name).read_bytes()).hexdigest()}  {name}" for name in names]
-    (folder / "SHA256SUMS").write_text("\n".join(sums) + "\n")
-    return folder
+    return write_upper_face_masker(tmp_path_factory.mktemp("upper-face-masker") / "template-upper-face")
