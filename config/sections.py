@@ -368,8 +368,7 @@ class DestinationSettings(_Section):
     name: str = Field(
         "archive",
         description="Name of the destination in routing rules, logs, metrics and job records "
-        "(letters, digits, "
-        "_ and -).",
+        "(letters, digits, _ and -).",
         pattern=_DESTINATION_NAME.pattern,
     )
     deid_options: list[str] | None = Field(
@@ -404,8 +403,8 @@ class ConsoleSettings(_Section):
     enabled: bool = Field(
         True,
         description="Serve the web console (series list, QC pictures, quarantine) beside /metrics. "
-        "It refuses "
-        "to start on a metrics.host other than 127.0.0.1/::1 unless username and password_hash are set.",
+        "It refuses to start on a metrics.host other than 127.0.0.1/::1 unless username and "
+        "password_hash are set.",
     )
     username: str | None = Field(
         None, description="Login name for HTTP Basic authentication. Set with password_hash: login required."
@@ -421,8 +420,7 @@ class ConsoleSettings(_Section):
     honest_broker: bool = Field(
         False,
         description="Honest-broker permission: also show the calling AE title of each series. "
-        "The console never "
-        "shows patient names, patient IDs or original UIDs.",
+        "The console never shows patient names, patient IDs or original UIDs.",
     )
 
     @model_validator(mode="after")
