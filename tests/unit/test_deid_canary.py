@@ -25,15 +25,14 @@ from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataset import Dataset
 
 from evaluation.canary import (
-    DESCRIPTOR_KEEPS,
     TEXT_PREFIX,
     UID_ROOT,
     CanaryFile,
     build_canaries,
-    plant_vendor_canaries,
 )
 from evaluation.canary_check import expected_survivors, surviving
 from evaluation.conformance import dciodvfy_errors
+from evaluation.vendor_canaries import DESCRIPTOR_KEEPS, plant_vendor_canaries
 from tests.conftest import DICOM, need_shared, need_tool
 from worker.deid import DeidOption, DeidPolicy, deidentify
 from worker.deid.options import UNSUPPORTED_OPTIONS
