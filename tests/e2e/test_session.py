@@ -130,6 +130,7 @@ def test_a_whole_session_ends_series_by_series_with_a_logged_outcome(
     stored = tmp_path / "stored"
     stored.mkdir()
     inputs = {path.name: path for files in session.values() for path in files}
+    before = set().union(*(dciodvfy_errors(p.read_bytes()) or set() for p in inputs.values()))
     fmri_out = []
     for series in by_modality["MR"] + by_modality["SEG"]:
         instances = rest(archive, f"/series/{series}/instances")
@@ -140,7 +141,6 @@ def test_a_whole_session_ends_series_by_series_with_a_logged_outcome(
             if len(instances) == len(session["fmri"]):
                 fmri_out.append(target)
             if n in (0, len(instances) - 1):
-                before = set().union(*(dciodvfy_errors(p.read_bytes()) or set() for p in inputs.values()))
                 new, _ = new_errors(before, dciodvfy_errors(data) or set())  # type: ignore[arg-type]
                 assert not new, (series, new)
     _fmri_parity(session["fmri"], fmri_out, tmp_path / "parity")
