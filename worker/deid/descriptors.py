@@ -142,8 +142,11 @@ class Identifiers:
         """The identifiers at the top level of `ds` (every PN attribute, and those listed above)."""
         words: set[str] = set()
         values: set[str] = set()
-        for elem in ds:
-            if elem.tag.group % 2 == 1 or elem.VR == "SQ" or elem.is_empty:
+        for tag in ds.keys():
+            if tag.group % 2 == 1 or not _may_identify(tag, ds.get_item(tag).VR):
+                continue  # not decoded: most of an instance's attributes are neither names nor IDs
+            elem = ds[tag]
+            if elem.VR == "SQ" or elem.is_empty:
                 continue
             keyword = elem.keyword
             texts = _texts(elem.value)
@@ -155,6 +158,23 @@ class Identifiers:
                 values.update(text.strip().lower() for text in texts if len(text.strip()) >= 3)
         # longest first, so that a value containing another is removed whole
         return cls(frozenset(words), tuple(sorted(values, key=lambda v: (-len(v), v))))
+
+
+_IDENTIFIER_KEYWORDS = frozenset(IDENTIFYING_VALUES)
+_IDENTIFIER_VRS = frozenset({"PN", "DA", "DT"})
+
+
+@functools.cache
+def _identifying_tag(tag: int) -> bool:
+    """Whether the dictionary names `tag` among the identifiers or gives it a name or date VR."""
+    entry = DicomDictionary.get(tag)
+    return entry is not None and (entry[0] in _IDENTIFIER_VRS or entry[4] in _IDENTIFIER_KEYWORDS)
+
+
+def _may_identify(tag: int, vr: str | None) -> bool:
+    """Whether an element of `tag` stored with `vr` can count in :meth:`Identifiers.of`: its VR once
+    decoded is the stored one or the dictionary's (unknown, UN and ambiguous VRs), so both are asked."""
+    return vr in _IDENTIFIER_VRS or _identifying_tag(int(tag))
 
 
 def _texts(value: object) -> list[str]:
