@@ -212,15 +212,23 @@ class RuleSet:
             pass
         rule = self.exact.get(tag)
         if rule is None:
-            rule = next(
-                (candidate for candidate in self.repeating if candidate.row.pattern.matches(tag)), None
-            )
+            index = _repeating_row(int(tag))
+            rule = None if index is None else self.repeating[index]
         if len(self._found) < _MAX_FOUND:  # bounded: a hostile file may carry any number of tags
             self._found[int(tag)] = rule
         return rule
 
 
 _MAX_FOUND = 65536
+
+
+@functools.lru_cache(maxsize=_MAX_FOUND)
+def _repeating_row(tag: int) -> int | None:
+    """The index of the repeating-group row of Table E.1-1 that `tag` falls in: the same for every
+    policy (a rule set's ``repeating`` follows the table's order), so found once per tag and process."""
+    return next(
+        (index for index, row in enumerate(profile_table().repeating) if row.pattern.matches(tag)), None
+    )
 
 
 def _build_rules(table: ProfileTable, options: frozenset[DeidOption]) -> RuleSet:
