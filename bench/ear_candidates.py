@@ -10,6 +10,9 @@ Usage::
 
     python -m bench.ear_candidates --heads ixi012 mni305 --synthetic 1 --out /tmp/ears.md \\
         --candidate 10:4 --candidate 10:5 --pictures docs/temporalis --ear-pictures docs/teacher-labels/ears
+
+``--heads`` with no name runs no real head; ``--age-bands N`` adds N synthetic heads per contrast in each
+age band (``evaluation.age_bands``).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", nargs="*", default=["ixi012"])
     parser.add_argument("--synthetic", type=int, default=0, help="synthetic heads per contrast")
     parser.add_argument(
+        "--age-bands", type=int, default=0, help="synthetic heads per contrast in each age band"
+    )
+    parser.add_argument(
         "--candidate",
         action="append",
         default=[],
@@ -55,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from evaluation.heads import eval_heads
+    from evaluation.age_bands import age_band_heads
+    from evaluation.heads import AGE_BANDS, eval_heads
     from evaluation.region_pictures import save_temporalis_picture
     from evaluation.results import markdown, to_json
     from evaluation.run import Evaluation, run_context
@@ -93,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             save_temporalis_picture(teacher, args.ear_pictures / f"{name}.png", title, centre_on="ears")
     results.extend(evaluation.synthetic_heads(args.synthetic))
     save()
+    for band in AGE_BANDS if args.age_bands > 0 else ():
+        results.extend(age_band_heads(evaluation, args.age_bands, [band]))
+        save()
     print(markdown(results))
     return 0
 

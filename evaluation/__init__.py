@@ -17,7 +17,8 @@ de-identified instances read back), and the result is judged by four measures:
 
 Synthetic paediatric heads come from :func:`training.synth.synthesize`, with
 child-sized scales and seeds no training run uses, made from a held-out head's label map,
-and are reported per contrast.
+and are reported per contrast; :mod:`evaluation.age_bands` makes them per age band, newborn
+to adult, carrying the atlas brain so that brain voxels are counted on them too.
 
 ``pediface evaluate`` runs this and prints the table; ``docs/defacing.md`` holds a run.
 Imports of torch and nnU-Net happen only in the maskers; OpenCV is imported when a

@@ -27,6 +27,64 @@ SYNTH_SEED = 20261
 SYNTH_SOURCE = "ixi012"
 """Held-out head whose teacher label map the synthetic heads are made from."""
 
+ADULT_HC_CM = 55.69
+"""Head circumference (cm) of scale 1, the adult source head taken to be of median adult size: the mean
+of girls' and boys' 50th percentiles at 18 years, 55.01 and 56.37 cm (Nellhaus's data, see
+:data:`AGE_BANDS`); growth after 18 is small. The source head's own circumference is not measured."""
+
+
+@dataclass(frozen=True)
+class AgeBand:
+    """An age band of the synthetic heads: its name, the median head circumference (cm, girls and boys
+    averaged) at its youngest and oldest ends, and from those its range of linear head scale."""
+
+    name: str
+    hc_cm: tuple[float, float]
+
+    @property
+    def scales(self) -> tuple[float, float]:
+        """The generator's ``scale_range``: circumference over :data:`ADULT_HC_CM` (a length ratio)."""
+        return (round(self.hc_cm[0] / ADULT_HC_CM, 3), round(self.hc_cm[1] / ADULT_HC_CM, 3))
+
+    @property
+    def key(self) -> str:
+        """The name without spaces, for head names (``synth-1-5y-00``)."""
+        return self.name.replace(" ", "")
+
+
+AGE_BANDS = (
+    AgeBand("newborn", (34.17, 36.73)),
+    AgeBand("1-5 y", (45.48, 51.46)),
+    AgeBand("6-12 y", (51.46, 53.57)),
+    AgeBand("13-21 y", (53.57, 55.69)),
+    AgeBand("adult", (54.02, 57.36)),
+)
+"""Age bands of ``pediface evaluate --age-bands``, smallest heads first.
+
+Head circumference grows like the head's other lengths, so circumference / adult circumference is
+the generator's linear ``scale``. Medians per band end (girls / boys, cm; the mean of the two is used):
+
+* newborn, birth to 28 days: 33.88 / 34.46 at birth, 36.38 / 37.09 at 28 days;
+* 1-5 y, first to sixth birthday: 44.89 / 46.06 at one year (WHO), 50.96 / 51.95 at six (Nellhaus);
+* 6-12 y, to the 13th birthday: 53.05 / 54.10 at 13;
+* 13-21 y: to 55.01 / 56.37 at 18, where the data end (little growth after 18; approximate);
+* adult: 55.01 / 56.37, widened to +-3 % for the spread between adults (approximate).
+
+Sources: to 5 years, the WHO Child Growth Standards, head circumference-for-age (2007), the M (median)
+of the daily LMS tables; from 6 years, Nellhaus, "Head circumference from birth to eighteen years",
+Pediatrics 41:106-114 (1968), 50th percentiles as fitted by Vorperian et al., "Estimating head
+circumference from pediatric imaging studies", Acad Radiol 14(9) (2007), formulas 2.1 and 2.2, read with
+age in months (the unit is inferred: in years they give 48 cm at 18; in months 45.6 / 46.8 cm at one
+year, near WHO's 44.9 / 46.1, and 55.0 / 56.4 at 18). Infants of one to twelve months (scale
+0.66-0.82) fall between the newborn and 1-5 y bands; ``--synthetic`` (scale 0.55-0.8) covers them. The
+generator's child proportions follow the drawn scale, so each band also gets its own face shape
+(``training.synth._to_work_coords``)."""
+
+AGE_BAND_SEED = 20262
+"""First element of the age-band heads' seeds ``[20262, n]``: n counts contrasts (and repeats) and is
+the same in every band, so the bands' heads differ in size only (and the child proportions that
+follow from size); distinct from :data:`SYNTH_SEED` and training's ``[0, case]``."""
+
 
 @dataclass(frozen=True)
 class HeadSpec:

@@ -42,6 +42,7 @@ class Result:
     nonzero_lost: float | None = None
     blanked_ml: float | None = None
     contrast: str = ""
+    age_band: str = ""  # synthetic heads of an age band (evaluation.heads.AGE_BANDS)
     params: dict[str, Any] = field(default_factory=dict)
     note: str = ""
 
@@ -106,7 +107,7 @@ def markdown(results: Sequence[Result]) -> str:
                 f"| {r.head} | {r.masker} | {r.outcome} | {_num(r.seconds, 1)} | {_pct(r.nonzero_lost, 3)} "
                 f"| {'yes' if front and front.before else 'no'} |"
             )
-    synthetic = [r for r in results if r.kind == "synthetic"]
+    synthetic = [r for r in results if r.kind == "synthetic" and not r.age_band]
     if synthetic:
         lines += [
             "",
@@ -130,7 +131,59 @@ def markdown(results: Sequence[Result]) -> str:
                 f"| {len(detectable)} of {len(rows)} | {len(after)} of {len(detectable)} "
                 f"| {_num(_median(r.seconds for r in rows), 1)} |"
             )
+    banded = [r for r in results if r.kind == "synthetic" and r.age_band]
+    if banded:
+        lines += ["", *_band_table(banded)]
     return "\n".join(lines) + "\n"
+
+
+def _band_table(results: Sequence[Result]) -> list[str]:
+    """Synthetic heads by age band and contrast, then all contrasts of the band together."""
+    lines = [
+        "| age band | head scale | contrast | masker | heads | refused | face label removed (mean) "
+        "| ears removed (mean) | over-blanking (highest) "
+        f"| brain voxels changed (> {SKIN_DEPTH_MM:.0f} mm under the skin) "
+        "| face detectable before (front) | face detected after (front) | s (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    bands: dict[str, dict[str, list[Result]]] = {}
+    for r in results:
+        bands.setdefault(r.age_band, {}).setdefault(r.masker, []).append(r)
+    for band, maskers in bands.items():
+        for masker, rows in maskers.items():
+            by_contrast: dict[str, list[Result]] = {}
+            for r in rows:
+                by_contrast.setdefault(r.contrast, []).append(r)
+            groups = list(by_contrast.items())
+            if len(groups) > 1:
+                groups.append(("all", rows))
+            for contrast, group in groups:
+                lines.append(f"| {band} | {_scales(group)} | {contrast} | {masker} | " + _band_cells(group))
+    return lines
+
+
+def _band_cells(rows: Sequence[Result]) -> str:
+    ok = [r for r in rows if r.outcome == "ok"]
+    detectable = [r for r in rows if r.views.get("front") and r.views["front"].before]
+    after = [r for r in detectable if r.views["front"].after]
+    brain = [r.brain_changed for r in rows if r.brain_changed is not None]
+    deep = [r.brain_changed_deep for r in rows if r.brain_changed_deep is not None]
+    brain_cell = f"{sum(brain)} ({sum(deep)})" if brain else "n/a"
+    return (
+        f"{len(rows)} | {len(rows) - len(ok)} | {_pct(_mean(r.face_fraction for r in ok))} "
+        f"| {_pct(_mean(r.ear_fraction for r in ok))} | {_pct(_extreme(max, (r.over_blanked for r in ok)))} "
+        f"| {brain_cell} | {len(detectable)} of {len(rows)} | {len(after)} of {len(detectable)} "
+        f"| {_num(_median(r.seconds for r in rows), 1)} |"
+    )
+
+
+def _scales(rows: Sequence[Result]) -> str:
+    """The drawn head scales of ``rows`` (1 = the adult source head): one value, or lowest-highest."""
+    drawn = sorted(float(r.params["scale"]) for r in rows if "scale" in r.params)
+    if not drawn:
+        return "n/a"
+    low, high = f"{drawn[0]:.2f}", f"{drawn[-1]:.2f}"
+    return low if low == high else f"{low}-{high}"
 
 
 def _num(value: float | int | None, digits: int) -> str:

@@ -31,6 +31,8 @@ from evaluation.detector import (
 )
 from evaluation.grid_picture import GridPictures, write_grid
 from evaluation.heads import (
+    AGE_BAND_SEED,
+    AGE_BANDS,
     CONTRASTS,
     DEFAULT_HEADS,
     SHARED,
@@ -170,6 +172,7 @@ class Evaluation:
         self.pictures = GridPictures()  # renders for `pediface evaluate --grid`
         self._labeller: Any = None
         self.teachers: dict[str, Any] = {}  # real heads' teacher labels, by head name (pictures)
+        self._sources: dict[str, Any] = {}  # teacher labels of the synthetic heads' source heads
 
     # -- pieces --
 
@@ -297,16 +300,22 @@ class Evaluation:
             results.append(result)
         return results
 
+    def source_teacher(self, source: str = SYNTH_SOURCE) -> Any:
+        """The teacher labels of the held-out head the synthetic heads are made from (labelled once)."""
+        if source not in self._sources:
+            from training.teacher import read_head
+
+            self.on_step(f"synthetic: teacher labels of {source}")
+            self._sources[source] = self.labeller().label(read_head(eval_heads()[source].path))
+        return self._sources[source]
+
     def synthetic_heads(self, per_contrast: int, source: str = SYNTH_SOURCE) -> list[Result]:
         """``per_contrast`` child-sized synthetic heads per contrast from a held-out head, every masker."""
         if per_contrast <= 0:
             return []
-        from training.synth import OUT_MM, synthesize
-        from training.teacher import read_head
+        from training.synth import synthesize
 
-        spec = eval_heads()[source]
-        self.on_step(f"synthetic: teacher labels of {source}")
-        teacher = self.labeller().label(read_head(spec.path))
+        teacher = self.source_teacher(source)
         results = []
         for number, contrast in enumerate(c for c in CONTRASTS for _ in range(per_contrast)):
             rng = _FixedContrast(np.random.default_rng([SYNTH_SEED, number]), contrast)
@@ -318,29 +327,45 @@ class Evaluation:
                 scale_range=SYNTH_SCALES,
                 p_orientation=0.0,
             )
-            volume = Volume(
-                image, (OUT_MM,) * 3, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-            )
-            # The synthetic head carries its own face and ear labels on its grid; the generator
-            # returns no brain map, so brain voxels are not counted here.
-            self.pictures.titles[f"synth-{number:02d}"] = f"synth-{number:02d}\n{contrast}"
-            ref = self._reference(f"synth-{number:02d}", volume, None, with_teacher=False)
-            grid = sitk.GetImageFromArray(labels)
-            grid.SetSpacing((OUT_MM,) * 3)
-            ref.teacher_grid = grid
-            ref.ears = labels == FaceLabel.EARS
-            ref.brain = None
-            reach = near_head(image, (OUT_MM,) * 3)
-            for label, masker in self.maskers.items():
-                done = _predict(masker, volume)
-                result = self._judge(f"synth-{number:02d}", "synthetic", True, label, ref, done)
-                result.contrast = contrast
-                result.params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in params.items()}
-                blank = done.mask.blank() if done.mask is not None else np.zeros(labels.shape, bool)
-                result.face_fraction = fraction_removed(blank, labels == FaceLabel.FACE)
-                result.ear_fraction = fraction_removed(blank, labels == FaceLabel.EARS)
-                result.over_blanked = over_blanked(blank, labels != 0, reach)
-                results.append(result)
+            results += self.synthetic_head(f"synth-{number:02d}", contrast, image, labels, params)
+        return results
+
+    def synthetic_head(
+        self,
+        name: str,
+        contrast: str,
+        image: np.ndarray,
+        labels: np.ndarray,
+        params: dict[str, Any],
+        brain: np.ndarray | None = None,
+    ) -> list[Result]:
+        """Every masker on one synthetic head (4 mm, LPS), judged against its own labels on its grid.
+
+        ``brain``: the atlas brain on that grid (``training.synth.synthesize_with_brain``); without it
+        brain voxels are not counted.
+        """
+        from training.synth import OUT_MM
+
+        volume = Volume(image, (OUT_MM,) * 3, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        self.pictures.titles[name] = f"{name}\n{contrast}"
+        ref = self._reference(name, volume, None, with_teacher=False)
+        grid = sitk.GetImageFromArray(labels)
+        grid.SetSpacing((OUT_MM,) * 3)
+        ref.teacher_grid = grid
+        ref.ears = labels == FaceLabel.EARS
+        ref.brain = brain  # on the volume's own grid: counted as on the real heads
+        reach = near_head(image, (OUT_MM,) * 3)
+        results = []
+        for label, masker in self.maskers.items():
+            done = _predict(masker, volume)
+            result = self._judge(name, "synthetic", True, label, ref, done)
+            result.contrast = contrast
+            result.params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in params.items()}
+            blank = done.mask.blank() if done.mask is not None else np.zeros(labels.shape, bool)
+            result.face_fraction = fraction_removed(blank, labels == FaceLabel.FACE)
+            result.ear_fraction = fraction_removed(blank, labels == FaceLabel.EARS)
+            result.over_blanked = over_blanked(blank, labels != 0, reach)
+            results.append(result)
         return results
 
 
@@ -374,11 +399,13 @@ def run(
     on_step: Callable[[str], None] | None = None,
     renders_dir: Path | None = None,
     grid: Path | None = None,
+    age_bands: int = 0,
 ) -> list[Result]:
     """The whole evaluation; ``on_item`` is called once per head (and synthetic set) finished.
 
     ``renders_dir``: see :class:`Evaluation`. ``grid``: write the before/after picture of every head
-    there (:mod:`evaluation.grid_picture`).
+    there (:mod:`evaluation.grid_picture`). ``age_bands``: synthetic heads per contrast in each age
+    band (:mod:`evaluation.age_bands`).
 
     Raises
     ------
@@ -406,6 +433,12 @@ def run(
         results.extend(evaluation.synthetic_heads(synthetic))
         if on_item:
             on_item("synthetic")
+    if age_bands:
+        from evaluation.age_bands import age_band_heads
+
+        results.extend(age_band_heads(evaluation, age_bands))
+        if on_item:
+            on_item("age bands")
     if grid is not None:
         write_grid(evaluation.pictures, grid)
     return results
@@ -444,4 +477,6 @@ def parameters() -> dict[str, Any]:
         "synthetic_scales": SYNTH_SCALES,
         "synthetic_seed": SYNTH_SEED,
         "synthetic_source": SYNTH_SOURCE,
+        "age_band_scales": {band.name: band.scales for band in AGE_BANDS},
+        "age_band_seed": AGE_BAND_SEED,
     }

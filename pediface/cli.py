@@ -342,7 +342,7 @@ def evaluate(
             metavar="NAME",
             help="Real heads to use, repeatable (default: the held-out heads, every DICOM head with a "
             "face and the two negative controls). Known: ixi012, mni305, sub-01, vrd-seg3d, decub-hfp, "
-            "xa30-t1, uih-t1, decub-hfs, negctrl-6y, negctrl-1mo.",
+            "xa30-t1, uih-t1, decub-hfs, negctrl-6y, negctrl-1mo; none: synthetic heads only.",
         ),
     ] = None,
     out: Annotated[
@@ -356,6 +356,15 @@ def evaluate(
     synthetic: Annotated[
         int, typer.Option(metavar="N", help="Synthetic paediatric heads per contrast (0: none).")
     ] = 1,
+    age_bands: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Synthetic heads per contrast in each age band (newborn, 1-5 y, 6-12 y, 13-21 y, adult; "
+            "sized from head-circumference growth charts), with brain voxels changed, in a table per "
+            "band and contrast (0: none).",
+        ),
+    ] = 0,
     renders: Annotated[
         Path | None,
         typer.Option(
@@ -382,8 +391,9 @@ def evaluate(
     voxels changed inside the registered atlas brain (must be 0), the share of non-zero voxels lost on
     the two skull-stripped children (negative controls; a refused series loses nothing), the seconds of
     predict(), and, on synthetic child-sized heads made from a held-out head, the share of their known
-    face and ear labels removed, per contrast. DICOM heads go through the whole pipeline (defaced,
-    de-identified, read back). Method and the latest results: docs/defacing.md.
+    face and ear labels removed, per contrast; with --age-bands, also synthetic heads of each age band
+    from newborn to adult, with the voxels changed inside their atlas brain. DICOM heads go through the
+    whole pipeline (defaced, de-identified, read back). Method and the latest results: docs/defacing.md.
 
     Prints the table to standard output (a progress bar on standard error when it is a terminal). Takes
     about a minute per head on two CPU cores. Exit status 2 when ../shared/data is missing or a name is
@@ -402,13 +412,16 @@ def evaluate(
         typer.echo(f"pediface: unknown masker {', '.join(unknown)}; choose template or nnunet", err=True)
         raise typer.Exit(2)
     names = heads or list(DEFAULT_HEADS)
+    if names == ["none"]:
+        names = []
     unknown = [name for name in names if name not in eval_heads()]
     if unknown:
         typer.echo(f"pediface: unknown head {', '.join(unknown)}; see --help for the names", err=True)
         raise typer.Exit(2)
     try:
         with make_progress() as progress:
-            task = progress.add_task("loading maskers", total=len(names) + (1 if synthetic > 0 else 0))
+            total = len(names) + (1 if synthetic > 0 else 0) + (1 if age_bands > 0 else 0)
+            task = progress.add_task("loading maskers", total=total)
             maskers = {
                 kind: load_masker(kind, model_dir if kind == "nnunet" and model_dir else SHIPPED_MODELS[kind])
                 for kind in dict.fromkeys(kinds)
@@ -421,6 +434,7 @@ def evaluate(
                 on_step=lambda text: progress.update(task, description=text),
                 renders_dir=renders,
                 grid=grid,
+                age_bands=age_bands,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"pediface: {exc}", err=True)

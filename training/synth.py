@@ -17,6 +17,9 @@ Output: an image and its labels on a 4 mm grid, after, in this order:
 * a field-of-view crop (cutting the top of the head, the face or the chin),
   then, with some probability, one of the 48 axis permutations and flips of
   the voxel grid (the labels move with the image).
+
+:func:`synthesize_with_brain` makes the same pair and also carries the atlas brain (tissue classes
+5-8) to the output grid, for the evaluation; training uses :func:`synthesize`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ WORK_SHAPE = (128, 128, 128)
 """Working grid (z, y, x) at :data:`WORK_MM`: 256 mm, a whole adult head."""
 
 N_TISSUE = 9
+BRAIN_CLASSES = (5, 6, 7, 8)
+"""Tissue classes inside the registered atlas brain (``training.teacher.tissue_map``: 1-4 outside)."""
 CONTRASTS = ("t1", "t2", "pd", "flair", "random")
 ORIENTATIONS = [
     (perm, flips)
@@ -137,6 +142,13 @@ def _thick_slices(rng: np.random.Generator, image: np.ndarray) -> tuple[np.ndarr
     return out, thickness
 
 
+def _block_majority(mask: np.ndarray) -> np.ndarray:
+    """True where at least 5 of a 2x2x2 block's 8 voxels are (a strict majority)."""
+    z, y, x = (s // 2 * 2 for s in mask.shape)
+    blocks = mask[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2)
+    return blocks.sum(axis=(1, 3, 5)) >= 5
+
+
 def _block_labels(labels: np.ndarray) -> np.ndarray:
     """Majority label of each 2x2x2 block (background wins ties only when it has 5 or more)."""
     z, y, x = (s // 2 * 2 for s in labels.shape)
@@ -145,13 +157,13 @@ def _block_labels(labels: np.ndarray) -> np.ndarray:
     return np.argmax(np.stack(counts), axis=0).astype(np.uint8)
 
 
-def _crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop to the head plus a random margin; sometimes cut through the head (top, face, chin)."""
+def _crop_box(rng: np.random.Generator, image: np.ndarray) -> tuple[slice, ...] | None:
+    """The head plus a random margin; sometimes cut through the head (top, face, chin). None: no head."""
     border = np.concatenate([image[0].ravel(), image[-1].ravel(), image[:, 0].ravel(), image[:, -1].ravel()])
     air = float(np.median(border))
     fg = ndi.uniform_filter(image, 3) > air + 0.25 * (float(np.percentile(image, 99)) - air)
     if not fg.any():
-        return image, labels
+        return None
     slices = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
@@ -167,8 +179,7 @@ def _crop(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tu
             slices[axis][0] = lo + cut
         else:
             slices[axis][1] = hi - cut
-    box = tuple(slice(a, b) for a, b in slices)
-    return image[box], labels[box]
+    return tuple(slice(a, b) for a, b in slices)
 
 
 def synthesize(
@@ -180,6 +191,40 @@ def synthesize(
     p_orientation: float = 0.15,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float | str]]:
     """One synthetic (image float32, labels uint8) pair on a 4 mm grid, (z, y, x), and its parameters."""
+    image, out_labels, _brain, params = _generate(tissue, labels, rng, scale_range, p_orientation, False)
+    return image, out_labels, params
+
+
+def synthesize_with_brain(
+    tissue: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale_range: tuple[float, float] = (0.55, 1.15),
+    p_orientation: float = 0.15,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float | str]]:
+    """:func:`synthesize`'s image and labels, from the same draws, and the atlas brain on their grid.
+
+    The brain (bool) is the tissue classes inside the registered atlas brain (:data:`BRAIN_CLASSES`),
+    warped, cropped and reoriented with the image; a 4 mm voxel is brain when at least 5 of its 8 2 mm
+    voxels are (a strict majority). The teacher's face and ear labels never lie on the brain, so those
+    5 voxels are background and the block's label is too: brain and labels never share a voxel. Nothing
+    more is drawn from ``rng``: a seed gives the same image and labels as :func:`synthesize`. The
+    evaluation counts brain voxels changed with it (training never sees it).
+    """
+    image, out_labels, brain, params = _generate(tissue, labels, rng, scale_range, p_orientation, True)
+    assert brain is not None
+    return image, out_labels, brain, params
+
+
+def _generate(
+    tissue: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    scale_range: tuple[float, float],
+    p_orientation: float,
+    with_brain: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, float | str]]:
     coords, params = _to_work_coords(rng, tissue > 0, scale_range)
     t_work = ndi.map_coordinates(tissue, coords, order=0, mode="constant", cval=0)
     l_work = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
@@ -202,14 +247,20 @@ def synthesize(
     z, y, x = (s // 2 * 2 for s in image.shape)
     image = image[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5))
     out_labels = _block_labels(l_work)
-    image, out_labels = _crop(rng, image, out_labels)
+    brain = _block_majority(t_work >= BRAIN_CLASSES[0]) if with_brain else None
+    box = _crop_box(rng, image)
+    if box is not None:
+        image, out_labels = image[box], out_labels[box]
+        brain = brain[box] if brain is not None else None
     orientation = "LPS"
     if rng.random() < p_orientation:
         perm, flips = ORIENTATIONS[int(rng.integers(len(ORIENTATIONS)))]
         image, out_labels = np.transpose(image, perm), np.transpose(out_labels, perm)
+        brain = np.transpose(brain, perm) if brain is not None else None
         for axis, flip in enumerate(flips):
             if flip:
                 image, out_labels = np.flip(image, axis), np.flip(out_labels, axis)
+                brain = np.flip(brain, axis) if brain is not None else None
         orientation = f"perm{perm}flip{tuple(int(f) for f in flips)}"
     params.update(
         contrast=contrast, thickness_mm=round(thickness, 2), noise=round(noise, 3), orientation=orientation
@@ -217,5 +268,6 @@ def synthesize(
     return (
         np.ascontiguousarray(image, dtype=np.float32) * 1000.0,
         np.ascontiguousarray(out_labels, dtype=np.uint8),
+        None if brain is None else np.ascontiguousarray(brain, dtype=bool),
         params,
     )
