@@ -37,6 +37,23 @@ def _masker(
     )
 
 
+def _with_logit_bias(masker: object, face: float, ears: float) -> object:
+    """``masker`` with ``face`` and ``ears`` added to those classes' logits before the argmax: the
+    decision threshold moved (a bias b takes a voxel whose odds against the class are up to e^b). For
+    measuring only; ONNX backend only (the CPU's), the masker's other steps unchanged."""
+    backend = masker._backend  # type: ignore[attr-defined]  # noqa: SLF001 - a measurement hook
+    window = backend._sliding_window  # noqa: SLF001
+
+    def biased(data: object) -> object:
+        logits = window(data)
+        logits[1] += face
+        logits[2] += ears
+        return logits
+
+    backend._sliding_window = biased  # noqa: SLF001
+    return masker
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--heads", nargs="*", default=["ixi012"])
@@ -48,9 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         "--candidate",
         action="append",
         default=[],
-        metavar="MARGIN:DEPTH[:FACE]",
-        help="ear margin and ear depth in mm, optionally the face margin (default 4); repeatable (the "
-        "model with its shipped settings always runs, as --name)",
+        metavar="MARGIN:DEPTH[:FACE[:FACE_BIAS:EAR_BIAS]]",
+        help="ear margin and ear depth in mm, optionally the face margin (default 4) and biases added to "
+        "the face and ear logits before the argmax (default 0:0); repeatable (the model with its shipped "
+        "settings always runs, as --name)",
     )
     parser.add_argument("--model-dir", type=Path, help="another nnU-Net model folder (default: shipped)")
     parser.add_argument("--name", default="v2", help="the model's name in the table (default: v2)")
@@ -72,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         values = [float(v) for v in text.split(":")]
         margin, depth = values[:2]
         face = values[2] if len(values) > 2 else None
+        bias = (values[3], values[4]) if len(values) > 4 else (0.0, 0.0)
         label = f"ears {margin:g} mm, {depth:g} mm deep" + ("" if face is None else f", face {face:g} mm")
+        if bias != (0.0, 0.0):
+            label += f", logits face +{bias[0]:g} ears +{bias[1]:g}"
         if args.model_dir is not None:
             label = f"{args.name}, {label}"
-        maskers[label] = _masker(margin, depth, face, args.model_dir)
+        masker = _masker(margin, depth, face, args.model_dir)
+        maskers[label] = _with_logit_bias(masker, *bias) if bias != (0.0, 0.0) else masker
     evaluation = Evaluation(maskers, on_step=lambda text: print(text, file=sys.stderr, flush=True))
     known = eval_heads()
     results = []
