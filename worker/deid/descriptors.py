@@ -164,7 +164,6 @@ _IDENTIFIER_KEYWORDS = frozenset(IDENTIFYING_VALUES)
 _IDENTIFIER_VRS = frozenset({"PN", "DA", "DT"})
 
 
-@functools.cache
 def _identifying_tag(tag: int) -> bool:
     """Whether the dictionary names `tag` among the identifiers or gives it a name or date VR."""
     entry = DicomDictionary.get(tag)
