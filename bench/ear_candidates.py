@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from evaluation.age_bands import age_band_heads
     from evaluation.heads import AGE_BANDS, eval_heads
     from evaluation.region_pictures import save_temporalis_picture
     from evaluation.results import markdown, to_json
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     results.extend(evaluation.synthetic_heads(args.synthetic))
     save()
     for band in AGE_BANDS if args.age_bands > 0 else ():
-        results.extend(age_band_heads(evaluation, args.age_bands, [band]))
+        results.extend(evaluation.age_band_heads(args.age_bands, [band]))
         save()
     print(markdown(results))
     return 0

@@ -120,9 +120,7 @@ def markdown(results: Sequence[Result]) -> str:
         for r in synthetic:
             groups.setdefault((r.contrast, r.masker), []).append(r)
         for (contrast, masker), rows in groups.items():
-            ok = [r for r in rows if r.outcome == "ok"]
-            detectable = [r for r in rows if r.views.get("front") and r.views["front"].before]
-            after = [r for r in detectable if r.views["front"].after]
+            ok, detectable, after = _outcomes(rows)
             lines.append(
                 f"| {contrast} | {masker} | {len(rows)} | {len(rows) - len(ok)} "
                 f"| {_pct(_mean(r.face_fraction for r in ok))} | {_pct(_mean(r.ear_fraction for r in ok))} "
@@ -162,10 +160,16 @@ def _band_table(results: Sequence[Result]) -> list[str]:
     return lines
 
 
-def _band_cells(rows: Sequence[Result]) -> str:
+def _outcomes(rows: Sequence[Result]) -> tuple[list[Result], list[Result], list[Result]]:
+    """The heads of ``rows`` defaced, those with a face detectable from the front before, and of those
+    the ones with a face still detected after."""
     ok = [r for r in rows if r.outcome == "ok"]
     detectable = [r for r in rows if r.views.get("front") and r.views["front"].before]
-    after = [r for r in detectable if r.views["front"].after]
+    return ok, detectable, [r for r in detectable if r.views["front"].after]
+
+
+def _band_cells(rows: Sequence[Result]) -> str:
+    ok, detectable, after = _outcomes(rows)
     brain = [r.brain_changed for r in rows if r.brain_changed is not None]
     deep = [r.brain_changed_deep for r in rows if r.brain_changed_deep is not None]
     brain_cell = f"{sum(brain)} ({sum(deep)})" if brain else "n/a"

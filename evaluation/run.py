@@ -39,6 +39,7 @@ from evaluation.heads import (
     SYNTH_SCALES,
     SYNTH_SEED,
     SYNTH_SOURCE,
+    AgeBand,
     HeadSpec,
     eval_heads,
 )
@@ -313,12 +314,12 @@ class Evaluation:
         """``per_contrast`` child-sized synthetic heads per contrast from a held-out head, every masker."""
         if per_contrast <= 0:
             return []
-        from training.synth import synthesize
+        from training.synth import FixedContrast, synthesize
 
         teacher = self.source_teacher(source)
         results = []
         for number, contrast in enumerate(c for c in CONTRASTS for _ in range(per_contrast)):
-            rng = _FixedContrast(np.random.default_rng([SYNTH_SEED, number]), contrast)
+            rng = FixedContrast(np.random.default_rng([SYNTH_SEED, number]), contrast)
             self.on_step(f"synthetic {contrast} #{number}")
             image, labels, params = synthesize(
                 teacher.tissue,
@@ -328,6 +329,29 @@ class Evaluation:
                 p_orientation=0.0,
             )
             results += self.synthetic_head(f"synth-{number:02d}", contrast, image, labels, params)
+        return results
+
+    def age_band_heads(
+        self, per_contrast: int, bands: Iterable[AgeBand] = AGE_BANDS, source: str = SYNTH_SOURCE
+    ) -> list[Result]:
+        """``per_contrast`` heads per contrast in each band (:mod:`evaluation.age_bands`), every masker;
+        each result carries its band (``Result.age_band``) and drawn scale (``params["scale"]``)."""
+        if per_contrast <= 0:
+            return []
+        from evaluation.age_bands import band_head
+
+        teacher = self.source_teacher(source)
+        results: list[Result] = []
+        for band in bands:
+            for number, contrast in enumerate(c for c in CONTRASTS for _ in range(per_contrast)):
+                self.on_step(f"age band {band.name}: {contrast} #{number}")
+                image, labels, brain, params = band_head(
+                    teacher.tissue, teacher.labels, band, contrast, number
+                )
+                name = f"synth-{band.key}-{number:02d}"
+                for result in self.synthetic_head(name, contrast, image, labels, params, brain):
+                    result.age_band = band.name
+                    results.append(result)
         return results
 
     def synthetic_head(
@@ -367,24 +391,6 @@ class Evaluation:
             result.over_blanked = over_blanked(blank, labels != 0, reach)
             results.append(result)
         return results
-
-
-class _FixedContrast:
-    """A random generator that draws as ``rng`` does but answers the generator's contrast choice
-    with ``contrast`` (the draw is still made, so the other parameters are those of the seed)."""
-
-    def __init__(self, rng: np.random.Generator, contrast: str) -> None:
-        self._rng = rng
-        self._contrast = contrast
-
-    def choice(self, options: Any, *args: Any, **kwargs: Any) -> Any:
-        drawn = self._rng.choice(options, *args, **kwargs)
-        if isinstance(options, tuple) and self._contrast in options:
-            return self._contrast
-        return drawn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._rng, name)
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -434,9 +440,7 @@ def run(
         if on_item:
             on_item("synthetic")
     if age_bands:
-        from evaluation.age_bands import age_band_heads
-
-        results.extend(age_band_heads(evaluation, age_bands))
+        results.extend(evaluation.age_band_heads(age_bands))
         if on_item:
             on_item("age bands")
     if grid is not None:

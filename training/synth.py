@@ -25,6 +25,7 @@ Output: an image and its labels on a 4 mm grid, after, in this order:
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -180,6 +181,25 @@ def _crop_box(rng: np.random.Generator, image: np.ndarray) -> tuple[slice, ...] 
         else:
             slices[axis][1] = hi - cut
     return tuple(slice(a, b) for a, b in slices)
+
+
+class FixedContrast:
+    """A random generator that draws as ``rng`` does but answers the generator's contrast choice
+    with ``contrast`` (the draw is still made, so the other parameters are those of the seed): the
+    evaluation's heads, one contrast each."""
+
+    def __init__(self, rng: np.random.Generator, contrast: str) -> None:
+        self._rng = rng
+        self._contrast = contrast
+
+    def choice(self, options: Any, *args: Any, **kwargs: Any) -> Any:
+        drawn = self._rng.choice(options, *args, **kwargs)
+        if isinstance(options, tuple) and self._contrast in options:
+            return self._contrast
+        return drawn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rng, name)
 
 
 def synthesize(

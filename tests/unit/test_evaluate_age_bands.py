@@ -83,16 +83,15 @@ def test_a_newborn_head_is_smaller_than_an_adult_one_and_its_brain_is_inside_it(
 def test_the_brain_map_leaves_the_training_pairs_unchanged(toy_head: tuple[np.ndarray, np.ndarray]) -> None:
     """With the brain, the generator draws the same numbers: training's pairs stay what they were. The
     brain follows the image through crop, axis permutation and flips."""
-    from evaluation.run import _FixedContrast
-    from training.synth import synthesize, synthesize_with_brain
+    from training.synth import FixedContrast, synthesize, synthesize_with_brain
 
     tissue, labels = toy_head
     seed = [0, 3]  # a permutation and flips of two axes
     image, out, params = synthesize(
-        tissue, labels, _FixedContrast(np.random.default_rng(seed), "t1"), p_orientation=1.0
+        tissue, labels, FixedContrast(np.random.default_rng(seed), "t1"), p_orientation=1.0
     )
     image_b, out_b, brain, params_b = synthesize_with_brain(
-        tissue, labels, _FixedContrast(np.random.default_rng(seed), "t1"), p_orientation=1.0
+        tissue, labels, FixedContrast(np.random.default_rng(seed), "t1"), p_orientation=1.0
     )
     assert params == params_b and params["orientation"] == "perm(2, 1, 0)flip(1, 0, 1)", params
     np.testing.assert_array_equal(image, image_b)
