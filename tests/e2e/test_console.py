@@ -243,7 +243,9 @@ def test_series_list_shows_a_sent_series_receiving_then_queued(
     assert queued.get_attribute("data-job") == dispatched[0]
 
     # Filter by state (the cards are links with ?state=).
-    page.click('a.card[data-state="queued"]')
+    # page.url changes when the navigation commits, before the new page is parsed: wait for "load".
+    with page.expect_navigation(wait_until="load"):
+        page.click('a.card[data-state="queued"]')
     assert page.url.endswith("/console/?state=queued")
     assert page.locator("tbody tr").count() == 1 and page.locator('tr[data-phase="queued"]').count() == 1
     page.goto(url(gw, "/console/?state=sent"))
