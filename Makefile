@@ -7,9 +7,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps redis bids-validator demo run test test-fast bench soak scaleout lint clean
+.PHONY: setup templates system-deps redis bids-validator demo run test test-fast bench soak scaleout lint clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed templates
+
+# The template images (pydeface's, mridefacer's) are other projects' data, not kept in git: copied
+# from ../shared/data/templates or, for pydeface's, taken from its wheel; checked against SHA256SUMS.
+templates: $(VENV)/.installed
+	@$(BIN)/python models/install_templates.py
 
 # torch first, from the CPU build pinned in constraints.txt: a bare `pip install nnunetv2`
 # would pull a multi-gigabyte CUDA torch through torchvision.

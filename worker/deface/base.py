@@ -118,7 +118,11 @@ def verify_model_dir(model_dir: Path, required: tuple[str, ...]) -> dict[str, st
     for name, digest in expected.items():
         path = model_dir / name
         if not path.is_file():
-            raise ValueError(f"model file {path} listed in {CHECKSUM_FILE} is missing")
+            hint = ""
+            if path.name.endswith(".nii.gz") and model_dir.name.startswith("template-"):
+                # Template images are other projects' data, installed beside their card, not in git.
+                hint = " (install the template images: make setup, or python models/install_templates.py)"
+            raise ValueError(f"model file {path} listed in {CHECKSUM_FILE} is missing{hint}")
         actual = sha256_of(path)
         if actual != digest:
             raise ValueError(
