@@ -15,8 +15,10 @@ SHARED = REPO.parent / "shared" / "data"
 SHIPPED_MODELS = {kind: MODELS_ROOT / folder for kind, folder in _SHIPPED.items()}
 """Model folder of each masker kind the evaluation builds by default (the worker's shipped ones)."""
 
-CONTRASTS = ("t1", "t2", "pd", "flair", "random")
-"""Contrasts of the synthetic generator, reported separately."""
+CONTRASTS = ("t1", "t2", "pd", "flair", "random", "t1ce")
+"""Contrasts of the synthetic heads, reported separately: the generator's training draw
+(``training.synth.CONTRASTS``) and contrast-enhanced T1 (``training.synth.ENHANCED``), last so that the
+other heads keep their seeds (a head's seed is its place in this order)."""
 
 SYNTH_SCALES = (0.55, 0.8)
 """Head scales of the synthetic paediatric heads (1 = the adult source head): newborn to ~6 years."""

@@ -10,7 +10,7 @@ Output: an image and its labels on a 4 mm grid, after, in this order:
   for small heads), rotation up to 20 degrees per axis, a smooth elastic
   displacement (up to ~4 mm), a random shift of the field of view;
 * random intensities per tissue class: T1-, T2-, PD-, FLAIR-like or arbitrary,
-  with within-class texture;
+  with within-class texture; or contrast-enhanced T1 (T1 with bright dura and vessels);
 * slice thickness 1-7 mm along a random axis (blur, then sample-and-hold);
 * a smooth multiplicative bias field, Gaussian or Rician-like noise, a gamma;
 * 2x2x2 block averaging to 4 mm (labels by majority of the block);
@@ -40,6 +40,10 @@ N_TISSUE = 9
 BRAIN_CLASSES = (5, 6, 7, 8)
 """Tissue classes inside the registered atlas brain (``training.teacher.tissue_map``: 1-4 outside)."""
 CONTRASTS = ("t1", "t2", "pd", "flair", "random")
+"""Contrasts the training draw chooses from (version 2 was trained on these)."""
+ENHANCED = "t1ce"
+"""Contrast-enhanced T1 (gadolinium): T1-like tissue with bright dura and vessels (:func:`_enhance`).
+Not in the training draw unless asked for (``contrasts=``); :class:`FixedContrast` can give it."""
 ORIENTATIONS = [
     (perm, flips)
     for perm in itertools.permutations(range(3))
@@ -183,19 +187,45 @@ def _crop_box(rng: np.random.Generator, image: np.ndarray) -> tuple[slice, ...] 
     return tuple(slice(a, b) for a, b in slices)
 
 
+def _enhance(rng: np.random.Generator, image: np.ndarray, t_work: np.ndarray, brightest: float) -> np.ndarray:
+    """What gadolinium adds to a T1 image on the 2 mm working grid: the dura and the vessels bright.
+
+    After contrast, the normal dura (a thin smooth lining inside the skull) and the blood in veins,
+    venous sinuses and the scalp's and face's vessels shorten their T1 and turn as bright as fat or
+    brighter: here 1.1-1.5 times the brightest tissue's mean (``brightest``). The dura: the one
+    working voxel (2 mm) of tissue outside the atlas brain that touches it. The vessels: thin winding
+    tubes where two smooth random fields (8 control points per axis) are both near zero, anywhere in
+    the head (scalp, face, muscle, brain surface and inside the brain), about 0.3-0.6 % of the grid.
+    Enhancing mucosa (nose, sinuses) and lesions are not modelled.
+    """
+    head = t_work > 0
+    brain = t_work >= BRAIN_CLASSES[0]
+    dura = head & ~brain & ndi.binary_dilation(brain)
+    first, second = (_smooth_field(rng, t_work.shape, 8, 1.0) for _ in range(2))
+    width = rng.uniform(0.06, 0.1) * min(first.std(), second.std())
+    vessels = head & (np.abs(first) < width) & (np.abs(second) < width)
+    out = image.copy()
+    for where in (dura, vessels):
+        level = brightest * rng.uniform(1.1, 1.5)
+        out[where] = level * (1.0 + rng.uniform(0.005, 0.05) * rng.normal(size=int(where.sum())))
+    return out
+
+
 class FixedContrast:
     """A random generator that draws as ``rng`` does but answers the generator's contrast choice
     with ``contrast`` (the draw is still made, so the other parameters are those of the seed): the
     evaluation's heads, one contrast each."""
 
     def __init__(self, rng: np.random.Generator, contrast: str) -> None:
+        if contrast not in (*CONTRASTS, ENHANCED):
+            raise ValueError(f"unknown contrast {contrast!r}: one of {', '.join((*CONTRASTS, ENHANCED))}")
         self._rng = rng
         self._contrast = contrast
 
     def choice(self, options: Any, *args: Any, **kwargs: Any) -> Any:
         drawn = self._rng.choice(options, *args, **kwargs)
-        if isinstance(options, tuple) and self._contrast in options:
-            return self._contrast
+        if isinstance(options, tuple) and set(options) <= {*CONTRASTS, ENHANCED}:
+            return self._contrast  # the generator's contrast draw (the only choice among contrasts)
         return drawn
 
     def __getattr__(self, name: str) -> Any:
@@ -209,9 +239,14 @@ def synthesize(
     *,
     scale_range: tuple[float, float] = (0.55, 1.15),
     p_orientation: float = 0.15,
+    contrasts: tuple[str, ...] = CONTRASTS,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float | str]]:
-    """One synthetic (image float32, labels uint8) pair on a 4 mm grid, (z, y, x), and its parameters."""
-    image, out_labels, _brain, params = _generate(tissue, labels, rng, scale_range, p_orientation, False)
+    """One synthetic (image float32, labels uint8) pair on a 4 mm grid, (z, y, x), and its parameters.
+
+    ``contrasts`` are those the draw chooses from; :data:`ENHANCED` may be one of them."""
+    image, out_labels, _brain, params = _generate(
+        tissue, labels, rng, scale_range, p_orientation, False, contrasts
+    )
     return image, out_labels, params
 
 
@@ -222,6 +257,7 @@ def synthesize_with_brain(
     *,
     scale_range: tuple[float, float] = (0.55, 1.15),
     p_orientation: float = 0.15,
+    contrasts: tuple[str, ...] = CONTRASTS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float | str]]:
     """:func:`synthesize`'s image and labels, from the same draws, and the atlas brain on their grid.
 
@@ -232,7 +268,9 @@ def synthesize_with_brain(
     more is drawn from ``rng``: a seed gives the same image and labels as :func:`synthesize`. The
     evaluation counts brain voxels changed with it (training never sees it).
     """
-    image, out_labels, brain, params = _generate(tissue, labels, rng, scale_range, p_orientation, True)
+    image, out_labels, brain, params = _generate(
+        tissue, labels, rng, scale_range, p_orientation, True, contrasts
+    )
     assert brain is not None
     return image, out_labels, brain, params
 
@@ -244,14 +282,17 @@ def _generate(
     scale_range: tuple[float, float],
     p_orientation: float,
     with_brain: bool,
+    contrasts: tuple[str, ...] = CONTRASTS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, float | str]]:
     coords, params = _to_work_coords(rng, tissue > 0, scale_range)
     t_work = ndi.map_coordinates(tissue, coords, order=0, mode="constant", cval=0)
     l_work = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
-    contrast = str(rng.choice(CONTRASTS))
-    means = class_means(rng, contrast)
+    contrast = str(rng.choice(contrasts))
+    means = class_means(rng, "t1" if contrast == ENHANCED else contrast)
     stds = rng.uniform(0.005, 0.06, size=N_TISSUE)
     image = means[t_work] + stds[t_work] * rng.normal(size=t_work.shape)
+    if contrast == ENHANCED:  # its own stream: the rest of the head is the seed's T1 head, draw for draw
+        image = _enhance(rng.spawn(1)[0], image, t_work, float(means[1:].max()))
     image = ndi.gaussian_filter(image, rng.uniform(0.3, 1.0))
     thickness = 0.0
     if rng.random() < 0.6:
