@@ -26,8 +26,26 @@ def main(argv: list[str] | None = None) -> int:
         "--init-from", type=Path, default=None, help="start from this checkpoint's weights (fine-tuning)"
     )
     parser.add_argument("--png-dir", type=Path, default=None, help="write teacher QC PNGs here")
+    parser.add_argument(
+        "--contrasts",
+        nargs="+",
+        default=None,
+        help="contrasts the synthetic cases are drawn from (default: t1 t2 pd flair random; t1ce adds "
+        "contrast-enhanced T1)",
+    )
+    parser.add_argument(
+        "--initial-lr", type=float, default=None, help="SGD's first learning rate (nnU-Net's default: 0.01)"
+    )
     args = parser.parse_args(argv)
+    from training.synth import CONTRASTS, ENHANCED
     from training.train import train_model
+
+    contrasts = tuple(args.contrasts or CONTRASTS)
+    unknown = sorted(set(contrasts) - {*CONTRASTS, ENHANCED})
+    if unknown:
+        parser.error(
+            f"unknown contrast(s) {', '.join(unknown)}: choose from {' '.join((*CONTRASTS, ENHANCED))}"
+        )
 
     out = train_model(
         args.model_dir,
@@ -42,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         resume=args.resume,
         negatives=args.negatives,
         init_from=args.init_from,
+        contrasts=contrasts,
+        initial_lr=args.initial_lr,
     )
     print(f"model written to {out}")
     return 0

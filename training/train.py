@@ -91,18 +91,24 @@ def skull_stripped(tissue: np.ndarray) -> np.ndarray:
 
 
 def build_dataset(
-    work_dir: Path, n_cases: int, seed: int = 0, resume: bool = False, negatives: float = 0.0
+    work_dir: Path,
+    n_cases: int,
+    seed: int = 0,
+    resume: bool = False,
+    negatives: float = 0.0,
+    contrasts: tuple[str, ...] | None = None,
 ) -> Path:
     """Synthetic pairs from the training heads, as an nnU-Net raw dataset; returns its folder.
 
     Each case has its own random stream (``seed``, case number), so ``resume=True`` keeps the
     complete cases already written and generates only the missing ones. A share ``negatives``
     of the cases are skull-stripped brains labelled all background (:func:`skull_stripped`).
+    ``contrasts``: those each case's contrast is drawn from (default ``synth.CONTRASTS``, version 2's).
     """
     import SimpleITK as sitk
 
     from training.heads import HEADS, HELD_OUT
-    from training.synth import synthesize
+    from training.synth import CONTRASTS, synthesize
 
     raw = work_dir / "nnUNet_raw" / DATASET_NAME
     if raw.exists() and not resume:
@@ -121,7 +127,7 @@ def build_dataset(
         negative = bool(rng.random() < negatives)
         if negative:
             tissue, labels = skull_stripped(tissue), np.zeros_like(labels)
-        image, labels, params = synthesize(tissue, labels, rng)
+        image, labels, params = synthesize(tissue, labels, rng, contrasts=contrasts or CONTRASTS)
         params["negative"] = negative
         for array, path in (
             (image, raw / "imagesTr" / f"case_{case:04d}_0000.nii.gz"),
@@ -187,11 +193,13 @@ def run_training(
     budget_s: float | None = None,
     threads: int = 1,
     init_from: Path | None = None,
+    initial_lr: float | None = None,
 ) -> Path:
     """Train fold 0 with the base nnUNetTrainer on CPU; stop at ``iterations`` or ``budget_s``.
 
     ``init_from``: a checkpoint (e.g. the shipped model's) whose network weights start the
-    training instead of a random initialisation; the optimiser and schedule start afresh.
+    training instead of a random initialisation; the optimiser and schedule start afresh, at
+    ``initial_lr`` when given (nnU-Net's default 0.01 otherwise), decaying by nnU-Net's poly rule.
     Returns the trainer's output folder (holding ``checkpoint_final.pth``).
     """
     import torch
@@ -216,6 +224,8 @@ def run_training(
         return loss
 
     trainer._build_loss = weighted_loss
+    if initial_lr is not None:
+        trainer.initial_lr = initial_lr  # read by configure_optimizers, at on_train_start
     epochs = max(1, int(np.ceil(iterations / ITERATIONS_PER_EPOCH)))
     trainer.num_iterations_per_epoch = ITERATIONS_PER_EPOCH
     trainer.num_val_iterations_per_epoch = 2
@@ -310,13 +320,15 @@ def train_model(
     resume: bool = False,
     negatives: float = 0.15,
     init_from: Path | None = None,
+    contrasts: tuple[str, ...] | None = None,
+    initial_lr: float | None = None,
 ) -> Path:
     """The whole recipe: teachers, synthetic data, plan/preprocess, train, export to ``model_dir``."""
     work_dir = Path(work_dir)
     _env(work_dir, threads)
     if teachers:
         build_teachers(work_dir, png_dir)
-    build_dataset(work_dir, n_cases, seed, resume, negatives)
+    build_dataset(work_dir, n_cases, seed, resume, negatives, contrasts)
     plan_and_preprocess(work_dir, threads)
-    trainer_dir = run_training(work_dir, iterations, budget_s, threads, init_from)
+    trainer_dir = run_training(work_dir, iterations, budget_s, threads, init_from, initial_lr)
     return export_model(trainer_dir, Path(model_dir))
