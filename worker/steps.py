@@ -338,7 +338,8 @@ def send(ctx: JobContext, job: Job) -> dict[str, RetryableError]:
     """-> sent: deliver each destination's copy that it does not have yet.
 
     A destination's fault worth retrying (unreachable, refused for now) is returned by name, and
-    the others are still sent; a fault that retrying cannot mend raises :class:`PermanentError`.
+    the others are still sent; any other fault (none is raised on purpose) quarantines the job as
+    ``internal``, naming it.
     After each destination the manifest is saved, so a crash never sends a destination twice.
     """
     manifest = job.manifest
@@ -361,9 +362,7 @@ def send(ctx: JobContext, job: Job) -> dict[str, RetryableError]:
                 attempt=manifest.attempts,
                 error=str(exc),
             )
-        except PermanentError as exc:
-            raise PermanentError(f"destination {destination.name}: {exc}", code=exc.code) from exc
-        except Exception as exc:  # noqa: BLE001 - fail closed
+        except Exception as exc:  # noqa: BLE001 - fail closed: deliver() raises only DeliveryError on purpose
             log.error("job_internal_error", job=job.id, error=traceback.format_exc())
             raise PermanentError(
                 f"internal error delivering to {destination.name} ({type(exc).__name__}: {exc}); "

@@ -194,19 +194,3 @@ def write_back(
             _set_native(out, frames, ExplicitVRLittleEndian)
         result[index] = out
     return result
-
-
-def blank_instances(
-    datasets: Sequence[Dataset], volume: Volume, blank: np.ndarray, background: int
-) -> list[Dataset]:
-    """Copies of ``datasets`` whose pixels under ``blank`` are set to ``background``.
-
-    ``volume`` must have been built from ``datasets`` (its ``sources`` map each
-    z-slice to an instance and frame); ``blank`` is a boolean array of its shape.
-    Every instance must be in the volume, or it would leave undefaced.
-    """
-    written = write_back(datasets, [StackMask(volume, blank, background)])
-    missing = [i for i in range(len(datasets)) if i not in written]
-    if missing:
-        raise ValueError(f"instance {missing[0] + 1} has no slice in the volume; it would leave undefaced")
-    return [written[i] for i in range(len(datasets))]

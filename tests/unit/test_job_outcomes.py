@@ -9,10 +9,9 @@ process holds) each return their exact detail and leave ``job.json`` byte for by
 Which delivery faults are which (worker/delivery.py, worker/steps.py ``send``): every fault
 ``deliver()`` raises on purpose is a :class:`DeliveryError` (retryable: unreachable or refusing
 archive, a C-STORE answered with a failure status or not at all, an archive folder that cannot be
-written, an output file with an invalid UID, no acceptable transfer syntax). ``send`` would
-quarantine a :class:`PermanentError` as ``destination <name>: ...``, but nothing under
-``deliver()`` raises one, so that branch cannot be reached from outside; any other exception
-becomes ``internal error delivering to <name> (...)``, which the second test drives.
+written, an output file with an invalid UID, no acceptable transfer syntax). Any other exception
+becomes ``internal error delivering to <name> (...)``, which the second test drives; ``send`` has
+no other branch.
 """
 
 from __future__ import annotations

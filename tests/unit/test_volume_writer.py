@@ -11,9 +11,20 @@ import SimpleITK as sitk
 
 from common.errors import InputError
 from tests.conftest import DICOM, UIH, need_shared
+from worker.types import Volume
 from worker.volume.pixels import build_volume
 from worker.volume.read import read_instances
-from worker.writer import blank_instances
+from worker.writer import StackMask, write_back
+
+
+def blank_instances(
+    datasets: list[pydicom.Dataset], volume: Volume, blank: np.ndarray, background: int
+) -> list[pydicom.Dataset]:
+    """``write_back`` with one stack covering every instance: the copies, in the instances' order."""
+    written = write_back(datasets, [StackMask(volume, blank, background)])
+    assert sorted(written) == list(range(len(datasets))), "an instance is not in the volume"
+    return [written[i] for i in range(len(datasets))]
+
 
 SERIES_WITH_ONE_STACK = [
     "dcm_qa_uih/uih_t1_gre_fsp_3d_sag",
