@@ -22,5 +22,7 @@ def task_of(message: bytes | str) -> tuple[str, list]:
 def folder_messages(settings: Settings) -> list[tuple[str, list]]:
     """The tasks waiting in the embedded folder broker's queue (kombu names them ``*.<queue>.msg``)."""
     folder = settings.data_dir / "broker" / "queue"
+    if not folder.is_dir():
+        return []  # nothing was ever sent
     files = sorted(p for p in folder.iterdir() if p.name.endswith(f".{settings.worker.queue}.msg"))
     return [task_of(Path(p).read_bytes()) for p in files]

@@ -1,8 +1,9 @@
 """The web console in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
-A gateway runs in this process on free loopback ports (dispatches recorded, no
-broker); dcmtk's storescu sends real DICOM to it. Screenshots are kept under the
-test's tmp dir; two are also copied to docs/ (console-series.png, console-job.png).
+A gateway runs in this process on free loopback ports, dispatching to the embedded folder
+broker (no worker takes the tasks; the tests read them back); dcmtk's storescu sends real DICOM
+to it. Screenshots are kept under the test's tmp dir; two are also copied to docs/
+(console-series.png, console-job.png).
 
 Needs: ``apt-get install chromium`` and ``pip install playwright`` (no browser
 download: Playwright drives /usr/bin/chromium), dcmtk, and ../shared for the
@@ -31,6 +32,7 @@ from gateway.server import Gateway
 from spool.manifest import JobManifest, JobState, StateChange, new_job_id
 from spool.store import Spool
 from tests.conftest import REPO, UIH, free_port, need_shared, need_tool, wait_until
+from tests.taskmessages import folder_messages
 from worker.qc import QC_SIZE
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,11 +65,12 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., tuple[Gateway, list[str]]]]:
-    """Start a gateway with the given console settings; its dispatches are recorded."""
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., tuple[Gateway, Callable[[], list[str]]]]]:
+    """Start a gateway with the given console settings on the embedded folder broker; with it, a
+    function that reads the job ids of the tasks waiting on that broker (no worker runs)."""
     running: list[Gateway] = []
 
-    def start(quiet_period_s: float = 1.0, **console: object) -> tuple[Gateway, list[str]]:
+    def start(quiet_period_s: float = 1.0, **console: object) -> tuple[Gateway, Callable[[], list[str]]]:
         settings = load_settings(
             None,
             data_dir=tmp_path / "data",
@@ -77,8 +80,12 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., tuple[Gateway, list[
             console=console,
         )
         gw = Gateway(settings)
-        dispatched: list[str] = []
-        gw.sealer.send = dispatched.append
+
+        def dispatched() -> list[str]:
+            tasks = folder_messages(settings)
+            assert all(name == "pediface.process_series" and len(args) == 1 for name, args in tasks), tasks
+            return [args[0] for _, args in tasks]
+
         gw.start()
         running.append(gw)
         return gw, dispatched
@@ -200,7 +207,7 @@ def quarantined_job(spool: Spool) -> str:
 
 
 def test_series_list_shows_a_sent_series_receiving_then_queued(
-    browser: object, start_gateway: Callable[..., tuple[Gateway, list[str]]], tmp_path: Path
+    browser: object, start_gateway: Callable[..., tuple[Gateway, Callable[[], list[str]]]], tmp_path: Path
 ) -> None:
     need_shared(UIH)
     need_tool("storescu")
@@ -238,9 +245,9 @@ def test_series_list_shows_a_sent_series_receiving_then_queued(
     assert page.locator('a.card[data-state="receiving"] .n').inner_text() == "1"
     shot(page, tmp_path, "receiving")
     assert wait_until(lambda: row_state() == "queued", 30, "the series to show as queued")
-    assert len(dispatched) == 1
+    assert len(dispatched()) == 1
     queued = page.locator('tr[data-phase="queued"]')
-    assert queued.get_attribute("data-job") == dispatched[0]
+    assert queued.get_attribute("data-job") == dispatched()[0]
 
     # Filter by state (the cards are links with ?state=).
     # page.url changes when the navigation commits, before the new page is parsed: wait for "load".
@@ -260,7 +267,7 @@ def test_series_list_shows_a_sent_series_receiving_then_queued(
 
 
 def test_job_page_qc_picture_and_retry(
-    browser: object, start_gateway: Callable[..., tuple[Gateway, list[str]]], tmp_path: Path
+    browser: object, start_gateway: Callable[..., tuple[Gateway, Callable[[], list[str]]]], tmp_path: Path
 ) -> None:
     gw, dispatched = start_gateway(allow_retry=True)
     done_id = done_job(gw.spool)
@@ -299,7 +306,7 @@ def test_job_page_qc_picture_and_retry(
     page.wait_for_selector("#flash", timeout=10_000)
     assert page.locator("#state").inner_text() == "queued"
     assert page.locator("#retry").count() == 0
-    assert set(dispatched) == {quarantined_id}  # the sealer may also have dispatched it (idempotent task)
+    assert set(dispatched()) == {quarantined_id}  # the sealer may also have dispatched it (idempotent task)
     assert gw.spool.load(quarantined_id).state == JobState.dispatched
     assert gw.spool.job_dir(quarantined_id).parent == gw.spool.jobs
     shot(page, tmp_path, "retried")
@@ -307,7 +314,7 @@ def test_job_page_qc_picture_and_retry(
 
 
 def test_retry_is_absent_and_refused_without_the_permission(
-    browser: object, start_gateway: Callable[..., tuple[Gateway, list[str]]], tmp_path: Path
+    browser: object, start_gateway: Callable[..., tuple[Gateway, Callable[[], list[str]]]], tmp_path: Path
 ) -> None:
     gw, dispatched = start_gateway()  # allow_retry defaults to off
     quarantined_id = quarantined_job(gw.spool)
@@ -317,12 +324,12 @@ def test_retry_is_absent_and_refused_without_the_permission(
     assert page.locator("#retry").count() == 0 and page.locator("#retry-disabled").is_visible()
     status, _, _ = fetch(url(gw, f"/console/jobs/{quarantined_id}/retry"), data=b"token=x")
     assert status == 403
-    assert not dispatched and gw.spool.load(quarantined_id).state == JobState.quarantined
+    assert not dispatched() and gw.spool.load(quarantined_id).state == JobState.quarantined
     page.close()
 
 
 def test_login_is_required_when_configured(
-    browser: object, start_gateway: Callable[..., tuple[Gateway, list[str]]], tmp_path: Path
+    browser: object, start_gateway: Callable[..., tuple[Gateway, Callable[[], list[str]]]], tmp_path: Path
 ) -> None:
     gw, _ = start_gateway(username="reviewer", password_hash=hash_password("correct horse"))
     done_id = done_job(gw.spool, with_qc=False)
