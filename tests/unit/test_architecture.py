@@ -146,16 +146,37 @@ def test_a_reintroduced_upward_import_is_caught(tmp_path: Path) -> None:
     assert any("worker.qc -> worker.jobs" in p for p in problems)
 
 
-@pytest.mark.parametrize("package", ["config", "common", "spool", "gateway"])
-def test_the_serving_edge_never_imports_heavy_libraries(package: str) -> None:
+def heavy_imports(modules: dict[str, Path], package: str) -> list[str]:
+    """``path:line: module`` of every import of a :data:`HEAVY` library by a module of ``package``."""
     heavy = []
-    for name, path in _modules().items():
+    for name, path in modules.items():
         if name.split(".")[0] != package:
             continue
         for line, imported in _imports(path):
             if imported.split(".")[0] in HEAVY:
-                heavy.append(f"{path.relative_to(REPO)}:{line}: {imported}")
+                heavy.append(f"{path.name}:{line}: {imported}")
+    return heavy
+
+
+@pytest.mark.parametrize("package", ["config", "common", "spool", "gateway"])
+def test_the_serving_edge_never_imports_heavy_libraries(package: str) -> None:
+    heavy = heavy_imports(_modules(), package)
     assert not heavy, f"{package} must stay light (the gateway image has no torch):\n" + "\n".join(heavy)
+
+
+def test_a_heavy_import_in_the_gateway_is_caught(tmp_path: Path) -> None:
+    """The check itself can fail: torch imported at the top of the SCP module and nnunetv2 inside a
+    function of the console are both reported."""
+    scp = tmp_path / "scp.py"
+    scp.write_text("import torch\n")
+    console = tmp_path / "console.py"
+    console.write_text("def f():\n    from nnunetv2.inference import predict_from_raw_data\n")
+    modules = {**_modules(), "gateway.scp": scp, "gateway.console": console}
+    assert sorted(heavy_imports(modules, "gateway")) == [
+        "console.py:2: nnunetv2.inference",
+        "console.py:2: nnunetv2.inference.predict_from_raw_data",  # a from-import names both
+        "scp.py:1: torch",
+    ]
 
 
 def test_docs_architecture_draws_these_layers() -> None:
