@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.synth import CONTRASTS as _TRAINING_CONTRASTS
+from training.synth import ENHANCED
 from worker.deface import MODELS_ROOT
 from worker.deface import SHIPPED_MODELS as _SHIPPED
 
@@ -15,7 +17,7 @@ SHARED = REPO.parent / "shared" / "data"
 SHIPPED_MODELS = {kind: MODELS_ROOT / folder for kind, folder in _SHIPPED.items()}
 """Model folder of each masker kind the evaluation builds by default (the worker's shipped ones)."""
 
-CONTRASTS = ("t1", "t2", "pd", "flair", "random", "t1ce")
+CONTRASTS = (*_TRAINING_CONTRASTS, ENHANCED)
 """Contrasts of the synthetic heads, reported separately: the generator's training draw
 (``training.synth.CONTRASTS``) and contrast-enhanced T1 (``training.synth.ENHANCED``), last so that the
 other heads keep their seeds (a head's seed is its place in this order)."""
