@@ -23,7 +23,11 @@ from pathlib import Path
 
 
 def _masker(
-    margin: float | None, depth: float | None, face_margin: float | None = None, model_dir: Path | None = None
+    margin: float | None,
+    depth: float | None,
+    face_margin: float | None = None,
+    model_dir: Path | None = None,
+    face_depth: float = 0.0,
 ) -> object:
     from evaluation.heads import SHIPPED_MODELS
     from worker.deface.nnunet import EAR_SHELL_MM, NnUNetMasker
@@ -34,6 +38,7 @@ def _masker(
         margin_mm=4.0 if face_margin is None else face_margin,
         ear_margin_mm=margin,
         ear_shell_mm=EAR_SHELL_MM if depth is None else depth,
+        face_depth_mm=face_depth,
     )
 
 
@@ -65,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         "--candidate",
         action="append",
         default=[],
-        metavar="MARGIN:DEPTH[:FACE[:FACE_BIAS:EAR_BIAS]]",
-        help="ear margin and ear depth in mm, optionally the face margin (default 4) and biases added to "
-        "the face and ear logits before the argmax (default 0:0); repeatable (the model with its shipped "
-        "settings always runs, as --name)",
+        metavar="MARGIN:DEPTH[:FACE[:FACE_BIAS:EAR_BIAS[:FACE_DEPTH]]]",
+        help="ear margin and ear depth in mm, optionally the face margin (default 4), biases added to the "
+        "face and ear logits before the argmax (default 0:0) and how far the face is carried further back "
+        "(default 0 mm); repeatable (the model with its shipped settings always runs, as --name)",
+    )
+    parser.add_argument(
+        "--age-band-mm", type=float, default=4.0, help="the age-band heads' voxel size: 4 (default) or 2"
     )
     parser.add_argument("--model-dir", type=Path, help="another nnU-Net model folder (default: shipped)")
     parser.add_argument("--name", default="v2", help="the model's name in the table (default: v2)")
@@ -90,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         margin, depth = values[:2]
         face = values[2] if len(values) > 2 else None
         bias = (values[3], values[4]) if len(values) > 4 else (0.0, 0.0)
+        face_depth = values[5] if len(values) > 5 else 0.0
         label = f"ears {margin:g} mm, {depth:g} mm deep" + ("" if face is None else f", face {face:g} mm")
         if bias != (0.0, 0.0):
             label += f", logits face +{bias[0]:g} ears +{bias[1]:g}"
+        if face_depth:
+            label += f", face {face_depth:g} mm deeper"
         if args.model_dir is not None:
             label = f"{args.name}, {label}"
-        masker = _masker(margin, depth, face, args.model_dir)
+        masker = _masker(margin, depth, face, args.model_dir, face_depth)
         maskers[label] = _with_logit_bias(masker, *bias) if bias != (0.0, 0.0) else masker
     evaluation = Evaluation(maskers, on_step=lambda text: print(text, file=sys.stderr, flush=True))
     known = eval_heads()
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     results.extend(evaluation.synthetic_heads(args.synthetic))
     save()
     for band in AGE_BANDS if args.age_bands > 0 else ():
-        results.extend(evaluation.age_band_heads(args.age_bands, [band]))
+        results.extend(evaluation.age_band_heads(args.age_bands, [band], grid_mm=args.age_band_mm))
         save()
     print(markdown(results))
     return 0

@@ -16,10 +16,15 @@ from evaluation.heads import AGE_BAND_SEED, AgeBand
 
 
 def band_head(
-    tissue: np.ndarray, labels: np.ndarray, band: AgeBand, contrast: str, number: int
+    tissue: np.ndarray,
+    labels: np.ndarray,
+    band: AgeBand,
+    contrast: str,
+    number: int,
+    grid_mm: float = 4.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float | str]]:
-    """One head of ``band`` in ``contrast`` from a teacher's tissue and label maps: image (4 mm),
-    face and ear labels, atlas brain and the drawn parameters; seed ``[AGE_BAND_SEED, number]``.
+    """One head of ``band`` in ``contrast`` from a teacher's tissue and label maps: image (``grid_mm``,
+    4 or 2), face and ear labels, atlas brain and the drawn parameters; seed ``[AGE_BAND_SEED, number]``.
 
     As the other evaluation heads: no reorientation, the contrast fixed, the rest drawn from the seed.
     """
@@ -32,4 +37,5 @@ def band_head(
         rng,  # type: ignore[arg-type]
         scale_range=band.scales,
         p_orientation=0.0,
+        out_mm=grid_mm,
     )

@@ -15,6 +15,19 @@ def changed_inside(before: np.ndarray, after: np.ndarray, region: np.ndarray) ->
     return int(np.count_nonzero((before != after) & region.astype(bool)))
 
 
+def at_background(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Voxels that hold the background after defacing: those blanked (set to ``before``'s minimum, the
+    value the pipeline writes, ``worker.pipeline.blank_pixels``) and those already at it.
+
+    A label's share "removed" counts these: a voxel of the teacher's face already at the background
+    (air zeroed by the scanner or by averaging, as on mni305 and vrd-seg3d) holds nothing to blank, and
+    counted only as "changed" it could never be removed (15 % of vrd-seg3d's face label).
+    """
+    if before.shape != after.shape:
+        raise ValueError(f"shapes differ: {before.shape}, {after.shape}")
+    return after == before.min()
+
+
 SKIN_DEPTH_MM = 5.0
 """Brain voxels closer than this to the air outside the head are counted apart.
 

@@ -32,8 +32,10 @@ class Result:
     outcome: str  # "ok" or "refused (<code>)"
     seconds: float | None = None
     views: dict[str, ViewResult] = field(default_factory=dict)
+    # Shares of the teacher's (synthetic: known) ear and face labels removed: at the background after
+    # defacing (evaluation.metrics.at_background; synthetic heads: under the mask).
     ear_fraction: float | None = None
-    face_fraction: float | None = None  # share of the teacher's (synthetic: known) face label blanked
+    face_fraction: float | None = None
     over_blanked: float | None = None  # blanked near the head outside face+ears, share of face+ears
     temporalis_changed: int | None = None  # voxels changed inside the carried temporalis region
     brain_changed: int | None = None

@@ -45,6 +45,7 @@ from evaluation.heads import (
 )
 from evaluation.metrics import (
     NEAR_HEAD_MM,
+    at_background,
     below_skin,
     changed_inside,
     fraction_removed,
@@ -260,10 +261,14 @@ class Evaluation:
             result.brain_changed = changed_inside(done.before.array, done.after.array, brain)
             deep = brain & below_skin(done.before)
             result.brain_changed_deep = changed_inside(done.before.array, done.after.array, deep)
-            blank_t = on_grid(changed.astype(np.uint8), before_image, ref.teacher_grid) > 0
-            result.ear_fraction = fraction_removed(blank_t, ref.ears)
+            # Removed: at the background after defacing (blanked, or nothing there to blank); over-
+            # blanking counts only what defacing changed.
+            gone = at_background(done.before.array, done.after.array)
+            removed_t = on_grid(gone.astype(np.uint8), before_image, ref.teacher_grid) > 0
+            result.ear_fraction = fraction_removed(removed_t, ref.ears)
             if ref.face is not None:
-                result.face_fraction = fraction_removed(blank_t, ref.face)
+                result.face_fraction = fraction_removed(removed_t, ref.face)
+            blank_t = on_grid(changed.astype(np.uint8), before_image, ref.teacher_grid) > 0
             if ref.face is not None and ref.near_head is not None:
                 result.over_blanked = over_blanked(blank_t, ref.face | ref.ears, ref.near_head)
             if ref.temporalis is not None:
@@ -332,10 +337,16 @@ class Evaluation:
         return results
 
     def age_band_heads(
-        self, per_contrast: int, bands: Iterable[AgeBand] = AGE_BANDS, source: str = SYNTH_SOURCE
+        self,
+        per_contrast: int,
+        bands: Iterable[AgeBand] = AGE_BANDS,
+        source: str = SYNTH_SOURCE,
+        grid_mm: float = 4.0,
     ) -> list[Result]:
         """``per_contrast`` heads per contrast in each band (:mod:`evaluation.age_bands`), every masker;
-        each result carries its band (``Result.age_band``) and drawn scale (``params["scale"]``)."""
+        each result carries its band (``Result.age_band``) and drawn scale (``params["scale"]``).
+        ``grid_mm``: the heads' voxel size, 4 (the model's grid) or 2 (the same heads, finer; named
+        ``synth-<band>-2mm-<n>``)."""
         if per_contrast <= 0:
             return []
         from evaluation.age_bands import band_head
@@ -346,10 +357,11 @@ class Evaluation:
             for number, contrast in enumerate(c for c in CONTRASTS for _ in range(per_contrast)):
                 self.on_step(f"age band {band.name}: {contrast} #{number}")
                 image, labels, brain, params = band_head(
-                    teacher.tissue, teacher.labels, band, contrast, number
+                    teacher.tissue, teacher.labels, band, contrast, number, grid_mm
                 )
-                name = f"synth-{band.key}-{number:02d}"
-                for result in self.synthetic_head(name, contrast, image, labels, params, brain):
+                grid = "" if grid_mm == 4.0 else f"{grid_mm:g}mm-"
+                name = f"synth-{band.key}-{grid}{number:02d}"
+                for result in self.synthetic_head(name, contrast, image, labels, params, brain, grid_mm):
                     result.age_band = band.name
                     results.append(result)
         return results
@@ -362,23 +374,24 @@ class Evaluation:
         labels: np.ndarray,
         params: dict[str, Any],
         brain: np.ndarray | None = None,
+        grid_mm: float = 4.0,
     ) -> list[Result]:
-        """Every masker on one synthetic head (4 mm, LPS), judged against its own labels on its grid.
+        """Every masker on one synthetic head (``grid_mm`` voxels, LPS), judged against its own labels on
+        its grid.
 
         ``brain``: the atlas brain on that grid (``training.synth.synthesize_with_brain``); without it
         brain voxels are not counted.
         """
-        from training.synth import OUT_MM
-
-        volume = Volume(image, (OUT_MM,) * 3, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+        spacing = (float(grid_mm),) * 3
+        volume = Volume(image, spacing, (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
         self.pictures.titles[name] = f"{name}\n{contrast}"
         ref = self._reference(name, volume, None, with_teacher=False)
         grid = sitk.GetImageFromArray(labels)
-        grid.SetSpacing((OUT_MM,) * 3)
+        grid.SetSpacing(spacing)
         ref.teacher_grid = grid
         ref.ears = labels == FaceLabel.EARS
         ref.brain = brain  # on the volume's own grid: counted as on the real heads
-        reach = near_head(image, (OUT_MM,) * 3)
+        reach = near_head(image, spacing)
         results = []
         for label, masker in self.maskers.items():
             done = _predict(masker, volume)
@@ -406,12 +419,13 @@ def run(
     renders_dir: Path | None = None,
     grid: Path | None = None,
     age_bands: int = 0,
+    age_band_mm: float = 4.0,
 ) -> list[Result]:
     """The whole evaluation; ``on_item`` is called once per head (and synthetic set) finished.
 
     ``renders_dir``: see :class:`Evaluation`. ``grid``: write the before/after picture of every head
     there (:mod:`evaluation.grid_picture`). ``age_bands``: synthetic heads per contrast in each age
-    band (:mod:`evaluation.age_bands`).
+    band (:mod:`evaluation.age_bands`), made on a grid of ``age_band_mm`` (4 or 2).
 
     Raises
     ------
@@ -440,7 +454,7 @@ def run(
         if on_item:
             on_item("synthetic")
     if age_bands:
-        results.extend(evaluation.age_band_heads(age_bands))
+        results.extend(evaluation.age_band_heads(age_bands, grid_mm=age_band_mm))
         if on_item:
             on_item("age bands")
     if grid is not None:

@@ -365,6 +365,14 @@ def evaluate(
             "band and contrast (0: none).",
         ),
     ] = 0,
+    age_band_mm: Annotated[
+        float,
+        typer.Option(
+            metavar="MM",
+            help="Voxel size of the age-band heads: 4 (the model's own grid; a 4 mm skin layer is one "
+            "voxel) or 2 (the same heads, closer to a clinical series).",
+        ),
+    ] = 4.0,
     renders: Annotated[
         Path | None,
         typer.Option(
@@ -418,6 +426,9 @@ def evaluate(
     if unknown:
         typer.echo(f"pediface: unknown head {', '.join(unknown)}; see --help for the names", err=True)
         raise typer.Exit(2)
+    if age_band_mm not in (2.0, 4.0):
+        typer.echo(f"pediface: --age-band-mm must be 2 or 4, got {age_band_mm:g}", err=True)
+        raise typer.Exit(2)
     try:
         with make_progress() as progress:
             total = len(names) + (1 if synthetic > 0 else 0) + (1 if age_bands > 0 else 0)
@@ -435,6 +446,7 @@ def evaluate(
                 renders_dir=renders,
                 grid=grid,
                 age_bands=age_bands,
+                age_band_mm=age_band_mm,
             )
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"pediface: {exc}", err=True)
@@ -443,7 +455,11 @@ def evaluate(
     typer.echo(table, nl=False)
     if out is not None:
         names_of = {k: {"name": m.name, "sha256": getattr(m, "checksums", {})} for k, m in maskers.items()}
-        meta = {**run_context(), "maskers": names_of, "parameters": parameters()}
+        meta = {
+            **run_context(),
+            "maskers": names_of,
+            "parameters": {**parameters(), "age_band_mm": age_band_mm},
+        }
         json_path = out if out.suffix == ".json" else out.with_suffix(".json")
         if out.suffix != ".json":
             out.write_text(table)

@@ -13,7 +13,7 @@ Output: an image and its labels on a 4 mm grid, after, in this order:
   with within-class texture; or contrast-enhanced T1 (T1 with bright dura and vessels);
 * slice thickness 1-7 mm along a random axis (blur, then sample-and-hold);
 * a smooth multiplicative bias field, Gaussian or Rician-like noise, a gamma;
-* 2x2x2 block averaging to 4 mm (labels by majority of the block);
+* 2x2x2 block averaging to 4 mm (labels by majority of the block), unless a 2 mm output is asked for;
 * a field-of-view crop (cutting the top of the head, the face or the chin),
   then, with some probability, one of the 48 axis permutations and flips of
   the voxel grid (the labels move with the image).
@@ -33,6 +33,8 @@ from scipy import ndimage as ndi
 SOURCE_MM = 2.0
 WORK_MM = 2.0
 OUT_MM = 4.0
+OUT_GRIDS_MM = (WORK_MM, OUT_MM)
+"""Output grids the generator can make: the training grid (4 mm, the model's) or the working grid itself."""
 WORK_SHAPE = (128, 128, 128)
 """Working grid (z, y, x) at :data:`WORK_MM`: 256 mm, a whole adult head."""
 
@@ -258,6 +260,7 @@ def synthesize_with_brain(
     scale_range: tuple[float, float] = (0.55, 1.15),
     p_orientation: float = 0.15,
     contrasts: tuple[str, ...] = CONTRASTS,
+    out_mm: float = OUT_MM,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float | str]]:
     """:func:`synthesize`'s image and labels, from the same draws, and the atlas brain on their grid.
 
@@ -267,9 +270,13 @@ def synthesize_with_brain(
     5 voxels are background and the block's label is too: brain and labels never share a voxel. Nothing
     more is drawn from ``rng``: a seed gives the same image and labels as :func:`synthesize`. The
     evaluation counts brain voxels changed with it (training never sees it).
+
+    ``out_mm`` 2 (:data:`WORK_MM`) skips the block averaging: the same head on the working grid, as a
+    clinical series is finer than the model's 4 mm grid (the same draws, so the same head; the
+    field-of-view crop's margins are counted in voxels of the output grid).
     """
     image, out_labels, brain, params = _generate(
-        tissue, labels, rng, scale_range, p_orientation, True, contrasts
+        tissue, labels, rng, scale_range, p_orientation, True, contrasts, out_mm
     )
     assert brain is not None
     return image, out_labels, brain, params
@@ -283,7 +290,10 @@ def _generate(
     p_orientation: float,
     with_brain: bool,
     contrasts: tuple[str, ...] = CONTRASTS,
+    out_mm: float = OUT_MM,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, float | str]]:
+    if out_mm not in OUT_GRIDS_MM:
+        raise ValueError(f"out_mm must be one of {OUT_GRIDS_MM}, got {out_mm}")
     coords, params = _to_work_coords(rng, tissue > 0, scale_range)
     t_work = ndi.map_coordinates(tissue, coords, order=0, mode="constant", cval=0)
     l_work = ndi.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
@@ -305,10 +315,14 @@ def _generate(
         image = image + noise * rng.normal(size=image.shape)
     image = np.clip(image, 0, None)
     image = (image / max(float(image.max()), 1e-6)) ** np.exp(rng.normal(0, 0.25))
-    z, y, x = (s // 2 * 2 for s in image.shape)
-    image = image[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5))
-    out_labels = _block_labels(l_work)
-    brain = _block_majority(t_work >= BRAIN_CLASSES[0]) if with_brain else None
+    if out_mm == WORK_MM:
+        out_labels = l_work.astype(np.uint8)
+        brain = t_work >= BRAIN_CLASSES[0] if with_brain else None
+    else:
+        z, y, x = (s // 2 * 2 for s in image.shape)
+        image = image[:z, :y, :x].reshape(z // 2, 2, y // 2, 2, x // 2, 2).mean(axis=(1, 3, 5))
+        out_labels = _block_labels(l_work)
+        brain = _block_majority(t_work >= BRAIN_CLASSES[0]) if with_brain else None
     box = _crop_box(rng, image)
     if box is not None:
         image, out_labels = image[box], out_labels[box]

@@ -120,7 +120,14 @@ def test_markdown_reports_age_bands_by_contrast_apart_from_the_synthetic_set() -
 def test_evaluate_offers_age_bands() -> None:
     result = CliRunner().invoke(app, ["evaluate", "--help"])
     assert result.exit_code == 0, result.output
-    assert "--age-bands" in result.output
+    assert "--age-bands" in result.output and "--age-band-mm" in result.output
+
+
+def test_evaluate_refuses_an_age_band_grid_it_cannot_make() -> None:
+    args = ["evaluate", "--heads", "none", "--age-bands", "1", "--age-band-mm", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--age-band-mm must be 2 or 4, got 3" in result.output
 
 
 def test_a_contrast_enhanced_head_is_its_t1_head_with_a_bright_dura(
@@ -163,3 +170,36 @@ def test_the_generator_draws_contrast_enhanced_heads_only_when_asked(
     assert params["contrast"] == ENHANCED
     with pytest.raises(ValueError, match="unknown contrast 't1c'"):
         FixedContrast(np.random.default_rng(0), "t1c")
+
+
+def test_a_2_mm_head_is_the_4_mm_head_on_the_working_grid(toy_head: tuple[np.ndarray, np.ndarray]) -> None:
+    """The same seed at 2 mm is the same head (the same draws), twice as many voxels per axis, with its
+    labels and brain on the finer grid; block-averaged it is the 4 mm head's anatomy."""
+    tissue, labels = toy_head
+    band = AGE_BANDS[0]
+    image4, out4, brain4, params4 = band_head(tissue, labels, band, "t2", 1)
+    image2, out2, brain2, params2 = band_head(tissue, labels, band, "t2", 1, grid_mm=2.0)
+    assert params2 == params4, "the 2 mm head drew other numbers"
+    assert image2.shape == out2.shape == brain2.shape
+    assert all(abs(a - 2 * b) <= 12 for a, b in zip(image2.shape, image4.shape, strict=True)), (
+        image2.shape,
+        image4.shape,
+    )
+    assert not (brain2 & (out2 != 0)).any()
+    assert not (brain2 & ~_head(image2)).any()
+    # The face's volume agrees between the grids; a thin ear loses most of its label to the 4 mm
+    # blocks' majority rule, which the 2 mm grid keeps.
+    ml = {
+        (value, mm): np.count_nonzero(out == value) * mm**3 / 1000
+        for value in (FaceLabel.FACE, FaceLabel.EARS)
+        for out, mm in ((out2, 2), (out4, 4))
+    }
+    assert ml[FaceLabel.FACE, 2] == pytest.approx(ml[FaceLabel.FACE, 4], rel=0.25), ml
+    assert ml[FaceLabel.EARS, 2] > 1.5 * ml[FaceLabel.EARS, 4], ml
+    assert np.count_nonzero(brain2) * 8 == pytest.approx(np.count_nonzero(brain4) * 64, rel=0.1)
+
+
+def test_the_generator_refuses_a_grid_it_cannot_make(toy_head: tuple[np.ndarray, np.ndarray]) -> None:
+    tissue, labels = toy_head
+    with pytest.raises(ValueError, match="out_mm"):
+        band_head(tissue, labels, AGE_BANDS[0], "t1", 0, grid_mm=1.0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from evaluation.metrics import near_head, over_blanked
+from evaluation.metrics import at_background, fraction_removed, near_head, over_blanked
 from evaluation.region_pictures import slice_centre, temporalis_picture
 from evaluation.results import Result, markdown
 from tests.conftest import need_shared
@@ -29,6 +29,26 @@ from training.teacher import (
 
 PROJECT = Path(__file__).resolve().parents[2]
 IXI = PROJECT.parent / "shared" / "data" / "heads" / "IXI012-HH-1211_T1_2mm.nii.gz"
+
+
+def test_a_voxel_already_at_the_background_counts_as_removed_but_not_as_changed() -> None:
+    """Air zeroed before defacing holds nothing to blank: a face label over it is removed where it
+    holds the background afterwards, whether the mask covered it or not; a tissue voxel the mask left
+    is not."""
+    before = np.array([[0, 0, 50, 60, 70, 80]], dtype=np.int16)  # two zeroed air voxels, then tissue
+    after = before.copy()
+    after[0, 2:4] = 0  # blanked to the minimum, as blank_pixels writes
+    face = np.array([[1, 1, 1, 1, 1, 0]], dtype=bool)
+    gone = at_background(before, after)
+    assert gone.tolist() == [[True, True, True, True, False, False]]
+    assert fraction_removed(gone, face) == 0.8  # the tissue voxel at 70 was left
+    assert fraction_removed(after != before, face) == 0.4  # counting changes only: the old measure
+    raised = np.array([[7, 9, 50, 60, 70, 5]], dtype=np.int16)  # noisy air, above the minimum
+    raised_after = raised.copy()
+    raised_after[0, 2:4] = raised.min()
+    assert fraction_removed(at_background(raised, raised_after), face) == 0.4
+    with pytest.raises(ValueError, match="shapes differ"):
+        at_background(before, after[:, :3])
 
 
 def test_over_blanked_counts_near_the_head_outside_the_labels() -> None:
@@ -165,6 +185,36 @@ def test_a_wider_ear_margin_only_adds_ear_voxels_and_keeps_the_face() -> None:
     assert wide_ears.sum() > ears.sum() and not (ears & ~wide_ears).any()
     shallow_ears = shallow == FaceLabel.EARS
     assert shallow_ears.sum() < ears.sum() and not (shallow_ears & ~ears).any()
+
+
+def test_a_deeper_face_grows_only_backwards_and_keeps_the_rest() -> None:
+    """``face_depth_mm`` carries the predicted face further back (LPS y grows posterior): every voxel of
+    the plain mask stays, the new face voxels lie behind the plain face's front in their own column, and
+    the face grows no higher and no lower (rows in z) than the plain face plus its margin."""
+    if not IXI.is_file():
+        need_shared(IXI)
+    from evaluation.heads import SHIPPED_MODELS
+    from worker.deface.nnunet import NnUNetMasker
+    from worker.types import FaceLabel, Volume
+
+    # Reoriented to LPS: array axes (z, y, x) run superior, posterior and left as indices grow.
+    volume = Volume.from_sitk(sitk.DICOMOrient(sitk.ReadImage(str(IXI)), "LPS"))
+    assert np.allclose(volume.direction, np.eye(3).ravel())
+    plain = NnUNetMasker(SHIPPED_MODELS["nnunet"], threads=1).predict(volume)
+    deeper = NnUNetMasker(SHIPPED_MODELS["nnunet"], threads=1, face_depth_mm=8.0).predict(volume)
+    assert deeper.details["face_depth_mm"] == 8.0 and "face_depth_mm" not in plain.details
+    face, deep_face = plain.labels == FaceLabel.FACE, deeper.labels == FaceLabel.FACE
+    assert not (face & ~deep_face).any(), "a voxel of the plain face was lost"
+    added = deep_face & ~face
+    # 8 mm more depth over a face about 12 by 10 cm: several millilitres.
+    voxel_ml = float(np.prod(volume.spacing)) / 1000
+    assert added.sum() * voxel_ml > 5.0, added.sum()
+    z, y, x = np.nonzero(added)
+    front = np.argmax(face, axis=1)  # per (z, x) column, the face's most anterior voxel
+    assert face[z, :, x].any(axis=1).all(), "a new face voxel where the column had no face"
+    assert (y > front[z, x]).all(), "a new face voxel lies in front of the face"
+    rows = np.flatnonzero(face.any(axis=(1, 2)))
+    assert rows[0] <= z.min() and z.max() <= rows[-1]
 
 
 def test_the_teacher_ear_label_is_the_skin_layer_not_the_temporalis(ixi_teacher: Teacher) -> None:

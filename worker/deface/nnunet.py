@@ -124,6 +124,7 @@ class NnUNetMasker:
         margin_mm: float = 4.0,
         ear_margin_mm: float | None = None,
         ear_shell_mm: float = EAR_SHELL_MM,
+        face_depth_mm: float = 0.0,
         threads: int | None = None,
         device: str = "auto",
         fold: int | str | None = None,
@@ -142,6 +143,9 @@ class NnUNetMasker:
         self.margin_mm = float(margin_mm)
         self.ear_margin_mm = self.margin_mm if ear_margin_mm is None else float(ear_margin_mm)
         self.ear_shell_mm = float(ear_shell_mm)
+        self.face_depth_mm = float(face_depth_mm)
+        if self.face_depth_mm < 0:
+            raise ValueError(f"face_depth_mm must be >= 0, got {face_depth_mm}")
         if self.ear_margin_mm < 0 or self.ear_shell_mm < 0:
             raise ValueError(
                 f"ear_margin_mm and ear_shell_mm must be >= 0, got {ear_margin_mm}, {ear_shell_mm}"
@@ -249,6 +253,9 @@ class NnUNetMasker:
         self._check(labels_small, head, small, details)
         shell = outer_shell(head, self.spacing_zyx, self.ear_shell_mm, fov=field_of_view(image, small))
         labels_small[(labels_small == FaceLabel.EARS) & ~shell] = FaceLabel.BACKGROUND
+        if self.face_depth_mm > 0:
+            details["face_depth_mm"] = self.face_depth_mm
+            labels_small = self._deepened(labels_small)
 
         # Only the box of the volume's grid the labels and their margin can reach is worked on: a
         # 0.5 mm series has tens of millions of voxels, its face and ears a fraction of them.
@@ -387,6 +394,24 @@ class NnUNetMasker:
                 "or not a face",
                 code="mask.implausible",
             )
+
+    def _deepened(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` with the face carried :attr:`face_depth_mm` further back (posterior), into background
+        only: the face's deep boundary without growing it up, down or sideways."""
+        column = int(np.argmax(np.abs(self.direction[1])))  # the grid's index axis along LPS y (posterior)
+        axis, sign = 2 - column, int(np.sign(self.direction[1, column]))
+        steps = int(round(self.face_depth_mm / self.spacing_zyx[axis]))
+        face = labels == FaceLabel.FACE
+        grown = face.copy()
+        for step in range(1, steps + 1):
+            shifted = np.roll(face, sign * step, axis=axis)
+            edge = [slice(None)] * 3
+            edge[axis] = slice(0, step) if sign > 0 else slice(-step, None)
+            shifted[tuple(edge)] = False
+            grown |= shifted
+        out = labels.copy()
+        out[grown & (labels == FaceLabel.BACKGROUND)] = FaceLabel.FACE
+        return out
 
     def _dilated(self, region: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
         """``region`` grown by :attr:`margin_mm`."""
