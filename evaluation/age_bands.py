@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.heads import AGE_BAND_SEED, AgeBand
+from training.synth import OUT_MM
 
 
 def band_head(
@@ -21,7 +22,7 @@ def band_head(
     band: AgeBand,
     contrast: str,
     number: int,
-    grid_mm: float = 4.0,
+    grid_mm: float = OUT_MM,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float | str]]:
     """One head of ``band`` in ``contrast`` from a teacher's tissue and label maps: image (``grid_mm``,
     4 or 2), face and ear labels, atlas brain and the drawn parameters; seed ``[AGE_BAND_SEED, number]``.

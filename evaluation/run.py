@@ -55,6 +55,7 @@ from evaluation.metrics import (
     over_blanked,
 )
 from evaluation.results import Result, ViewResult
+from training.synth import OUT_MM
 from worker.deface.base import FaceMasker
 from worker.render import (
     LIGHT,
@@ -341,7 +342,7 @@ class Evaluation:
         per_contrast: int,
         bands: Iterable[AgeBand] = AGE_BANDS,
         source: str = SYNTH_SOURCE,
-        grid_mm: float = 4.0,
+        grid_mm: float = OUT_MM,
     ) -> list[Result]:
         """``per_contrast`` heads per contrast in each band (:mod:`evaluation.age_bands`), every masker;
         each result carries its band (``Result.age_band``) and drawn scale (``params["scale"]``).
@@ -359,7 +360,7 @@ class Evaluation:
                 image, labels, brain, params = band_head(
                     teacher.tissue, teacher.labels, band, contrast, number, grid_mm
                 )
-                grid = "" if grid_mm == 4.0 else f"{grid_mm:g}mm-"
+                grid = "" if grid_mm == OUT_MM else f"{grid_mm:g}mm-"
                 name = f"synth-{band.key}-{grid}{number:02d}"
                 for result in self.synthetic_head(name, contrast, image, labels, params, brain, grid_mm):
                     result.age_band = band.name
@@ -374,7 +375,7 @@ class Evaluation:
         labels: np.ndarray,
         params: dict[str, Any],
         brain: np.ndarray | None = None,
-        grid_mm: float = 4.0,
+        grid_mm: float = OUT_MM,
     ) -> list[Result]:
         """Every masker on one synthetic head (``grid_mm`` voxels, LPS), judged against its own labels on
         its grid.
@@ -419,7 +420,7 @@ def run(
     renders_dir: Path | None = None,
     grid: Path | None = None,
     age_bands: int = 0,
-    age_band_mm: float = 4.0,
+    age_band_mm: float = OUT_MM,
 ) -> list[Result]:
     """The whole evaluation; ``on_item`` is called once per head (and synthetic set) finished.
 
